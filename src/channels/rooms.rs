@@ -1,0 +1,170 @@
+//! The original Armoricore app's topics.
+//!
+//! | topic                  | client → server                          | server → clients |
+//! |------------------------|------------------------------------------|------------------|
+//! | `chat:room:{id}`       | `new_message {content}` → `{id, offset}`, `typing_start`, `typing_stop` | `new_message`, `user_typing`, presence |
+//! | `comments:stream:{id}` | `new_comment {content}` → `{id, offset}` | `new_comment` |
+//! | `presence:room:{id}`   | `update_status {status}`                 | presence |
+//! | `user:{id}`            | —                                        | server pushes only |
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+
+use super::{Channel, ChannelCtx, ChannelError, Reply};
+
+/// Statuses a presence may announce.
+const STATUSES: &[&str] = &["online", "away", "busy"];
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn unknown_event(event: &str) -> Result<Option<Reply>, ChannelError> {
+    Ok(Some(Reply::error(format!("unknown event {event:?}"))))
+}
+
+/// The presence meta of a joining user: status, join time, and the token's name/meta.
+fn presence_meta(ctx: &ChannelCtx<'_>) -> Map<String, Value> {
+    let mut meta = Map::new();
+    meta.insert("status".into(), json!("online"));
+    let online_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    meta.insert("online_at".into(), json!(online_at));
+    if let Some(name) = &ctx.user.name {
+        meta.insert("name".into(), json!(name));
+    }
+    if let Some(m) = &ctx.user.meta {
+        meta.insert("meta".into(), m.clone());
+    }
+    meta
+}
+
+/// Validate `content`, then broadcast `event {id, offset, user_id, content, timestamp}`
+/// to the whole topic (sender included) and reply `{id, offset}`.
+fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) -> Reply {
+    let content = match payload.get("content").and_then(Value::as_str) {
+        Some(c) if !c.trim().is_empty() && c.chars().count() <= max_chars => c,
+        _ => {
+            return Reply::error(format!(
+                "content must be a non-empty string of at most {max_chars} characters"
+            ))
+        }
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let (offset, _) = ctx.hub.pubsub.broadcast_with_offset(ctx.topic, event, |offset| {
+        json!({
+            "id": id,
+            "offset": offset,
+            "user_id": ctx.user.user_id,
+            "content": content,
+            "timestamp": now_rfc3339(),
+        })
+    });
+    Reply::Ok(json!({"id": id, "offset": offset}))
+}
+
+/// `chat:room:{id}`: messages, typing indicators, presence.
+pub struct ChatRoom {
+    pub max_chars: usize,
+}
+
+#[async_trait]
+impl Channel for ChatRoom {
+    async fn after_join(&self, ctx: &ChannelCtx<'_>) -> Result<(), ChannelError> {
+        ctx.track(presence_meta(ctx));
+        Ok(())
+    }
+
+    async fn handle_in(
+        &self,
+        ctx: &ChannelCtx<'_>,
+        event: &str,
+        payload: Value,
+    ) -> Result<Option<Reply>, ChannelError> {
+        match event {
+            "new_message" => Ok(Some(post(ctx, "new_message", &payload, self.max_chars))),
+            "typing_start" | "typing_stop" => {
+                let typing = event == "typing_start";
+                ctx.broadcast_from(
+                    "user_typing",
+                    &json!({"user_id": ctx.user.user_id, "typing": typing}),
+                );
+                Ok(Some(Reply::Ok(json!({}))))
+            }
+            other => unknown_event(other),
+        }
+    }
+}
+
+/// `comments:stream:{id}`: live comments.
+pub struct CommentStream {
+    pub max_chars: usize,
+}
+
+#[async_trait]
+impl Channel for CommentStream {
+    async fn handle_in(
+        &self,
+        ctx: &ChannelCtx<'_>,
+        event: &str,
+        payload: Value,
+    ) -> Result<Option<Reply>, ChannelError> {
+        match event {
+            "new_comment" => Ok(Some(post(ctx, "new_comment", &payload, self.max_chars))),
+            other => unknown_event(other),
+        }
+    }
+}
+
+/// `presence:room:{id}`: presence only, with a status.
+pub struct PresenceRoom;
+
+#[async_trait]
+impl Channel for PresenceRoom {
+    async fn after_join(&self, ctx: &ChannelCtx<'_>) -> Result<(), ChannelError> {
+        ctx.track(presence_meta(ctx));
+        Ok(())
+    }
+
+    async fn handle_in(
+        &self,
+        ctx: &ChannelCtx<'_>,
+        event: &str,
+        payload: Value,
+    ) -> Result<Option<Reply>, ChannelError> {
+        match event {
+            "update_status" => {
+                let status = payload.get("status").and_then(Value::as_str);
+                match status {
+                    Some(s) if STATUSES.contains(&s) => {
+                        let mut changes = Map::new();
+                        changes.insert("status".into(), json!(s));
+                        ctx.update_presence(changes);
+                        Ok(Some(Reply::Ok(json!({}))))
+                    }
+                    _ => Ok(Some(Reply::error("status must be one of online, away, busy"))),
+                }
+            }
+            other => unknown_event(other),
+        }
+    }
+}
+
+/// `user:{id}`: a private topic the server pushes to (notifications, media events).
+pub struct UserTopic;
+
+#[async_trait]
+impl Channel for UserTopic {
+    async fn handle_in(
+        &self,
+        _ctx: &ChannelCtx<'_>,
+        event: &str,
+        _payload: Value,
+    ) -> Result<Option<Reply>, ChannelError> {
+        unknown_event(event)
+    }
+}

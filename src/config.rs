@@ -1,0 +1,314 @@
+//! One typed [`Config`], read from `config/default.toml` (compiled in), an optional
+//! file laid over it, then the environment.
+//!
+//! Every key must be known and well-typed: a mistake stops start-up with a message
+//! that names the key (`socket.max_channels: invalid type: string "x", expected u32`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// The defaults: the documented file itself, so docs and behaviour cannot drift.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment prefix for `ARMORICORE_SECTION__KEY` overrides.
+const ENV_PREFIX: &str = "ARMORICORE_";
+
+/// The original Armoricore's variable names and the keys they set.
+const LEGACY_ENV: &[(&str, &str, &str)] = &[("PORT", "server", "port"), ("JWT_SECRET", "auth", "jwt_secret")];
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub socket: SocketConfig,
+    pub channels: ChannelsConfig,
+    pub supervision: SupervisionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: String,
+    pub algorithm: String,
+    pub public_key_file: String,
+    pub leeway_s: u64,
+    pub require_exp: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketConfig {
+    pub max_frame_bytes: usize,
+    pub max_channels: usize,
+    pub join_rate_per_s: u32,
+    pub join_burst: u32,
+    pub heartbeat_timeout_ms: u64,
+    pub outbound_queue_frames: usize,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub longpoll_poll_ms: u64,
+    pub longpoll_idle_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelsConfig {
+    pub max_content_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionConfig {
+    pub max_restarts: u32,
+    pub window_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(file, std::env::vars())
+    }
+
+    /// Defaults, then `file`, then the given environment (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: Table = DEFAULT_TOML.parse().expect("config/default.toml is valid TOML");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let overlay: Table = text.parse().map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            })?;
+            merge(&mut table, overlay, "")?;
+        }
+        apply_env(&mut table, env)?;
+        let config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults only (tests start from here and adjust fields).
+    pub fn defaults() -> Config {
+        Config::load_from(None, std::iter::empty()).expect("defaults are valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::protocols::jwt::parse_algorithm(&self.auth.algorithm)
+            .map_err(|e| invalid("auth.algorithm", e.to_string()))?;
+        if self.auth.algorithm != "HS256" && self.auth.public_key_file.is_empty() {
+            return Err(invalid(
+                "auth.public_key_file",
+                format!("required when auth.algorithm = {:?}", self.auth.algorithm),
+            ));
+        }
+        let positive: [(&str, u64); 7] = [
+            ("socket.max_frame_bytes", self.socket.max_frame_bytes as u64),
+            ("socket.max_channels", self.socket.max_channels as u64),
+            ("socket.join_burst", self.socket.join_burst as u64),
+            ("socket.heartbeat_timeout_ms", self.socket.heartbeat_timeout_ms),
+            ("socket.outbound_queue_frames", self.socket.outbound_queue_frames as u64),
+            ("socket.longpoll_poll_ms", self.socket.longpoll_poll_ms),
+            ("supervision.window_ms", self.supervision.window_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.socket.longpoll_idle_ms <= self.socket.longpoll_poll_ms {
+            return Err(invalid(
+                "socket.longpoll_idle_ms",
+                "must be greater than socket.longpoll_poll_ms",
+            ));
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(invalid("log.level", "not a valid RUST_LOG filter"));
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.socket.heartbeat_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.shutdown_timeout_ms)
+    }
+}
+
+/// Lay `overlay` over `base`; keys must already exist in `base` (the defaults).
+fn merge(base: &mut Table, overlay: Table, prefix: &str) -> Result<(), ConfigError> {
+    for (key, value) in overlay {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (base.get_mut(&key), value) {
+            (None, _) => return Err(invalid(&path, "unknown key")),
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o, &path)?,
+            (Some(Value::Table(_)), _) => return Err(invalid(&path, "expected a table")),
+            (Some(slot), v) => *slot = v,
+        }
+    }
+    Ok(())
+}
+
+/// Apply `ARMORICORE_SECTION__KEY` and the legacy names. The value is typed by the
+/// default it replaces, so `JWT_SECRET=123` stays a string and `PORT=x` is an error.
+fn apply_env(
+    table: &mut Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut overrides = Vec::new();
+    for (name, raw) in env {
+        if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+            let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            if parts.len() != 2 || parts.iter().any(String::is_empty) {
+                return Err(invalid(&name, "expected ARMORICORE_<SECTION>__<KEY>"));
+            }
+            overrides.push((name, parts[0].clone(), parts[1].clone(), raw));
+        } else if let Some((_, section, key)) = LEGACY_ENV.iter().find(|(n, _, _)| *n == name) {
+            overrides.push((name.clone(), section.to_string(), key.to_string(), raw));
+        }
+    }
+    for (name, section, key, raw) in overrides {
+        let path = format!("{section}.{key}");
+        let slot = table
+            .get_mut(&section)
+            .and_then(Value::as_table_mut)
+            .and_then(|t| t.get_mut(&key))
+            .ok_or_else(|| invalid(&path, format!("unknown key (from {name})")))?;
+        *slot = match slot {
+            Value::String(_) => Value::String(raw),
+            Value::Integer(_) => raw
+                .trim()
+                .parse::<i64>()
+                .map(Value::Integer)
+                .map_err(|_| invalid(&path, format!("expected an integer, got {raw:?} (from {name})")))?,
+            Value::Boolean(_) => raw
+                .trim()
+                .parse::<bool>()
+                .map(Value::Boolean)
+                .map_err(|_| invalid(&path, format!("expected true or false, got {raw:?} (from {name})")))?,
+            _ => return Err(invalid(&path, format!("cannot be set from the environment ({name})"))),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let c = Config::defaults();
+        assert_eq!(c.server.port, 4000);
+        assert_eq!(c.socket.max_frame_bytes, 65536);
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn env_overrides_and_legacy_names() {
+        let c = Config::load_from(
+            None,
+            env(&[("PORT", "4100"), ("JWT_SECRET", "123"), ("ARMORICORE_SOCKET__MAX_CHANNELS", "7")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.port, 4100);
+        assert_eq!(c.auth.jwt_secret, "123");
+        assert_eq!(c.socket.max_channels, 7);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::load_from(None, env(&[("PORT", "http")])).unwrap_err();
+        assert!(e.to_string().starts_with("server.port:"), "{e}");
+        let e = Config::load_from(None, env(&[("ARMORICORE_SOCKET__NOPE", "1")])).unwrap_err();
+        assert!(e.to_string().starts_with("socket.nope: unknown key"), "{e}");
+        let e = Config::load_from(None, env(&[("PORT", "70000")])).unwrap_err();
+        assert!(e.to_string().starts_with("server.port:"), "{e}");
+        let e = Config::load_from(None, env(&[("ARMORICORE_AUTH__ALGORITHM", "none")])).unwrap_err();
+        assert!(e.to_string().starts_with("auth.algorithm:"), "{e}");
+    }
+
+    #[test]
+    fn file_overlay_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[socket]\nmax_channels = 3\n").unwrap();
+        let c = Config::load_from(Some(&path), std::iter::empty()).unwrap();
+        assert_eq!(c.socket.max_channels, 3);
+        std::fs::write(&path, "[socket]\nmax_chanels = 3\n").unwrap();
+        let e = Config::load_from(Some(&path), std::iter::empty()).unwrap_err();
+        assert!(e.to_string().starts_with("socket.max_chanels: unknown key"), "{e}");
+        std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
+        let e = Config::load_from(Some(&path), std::iter::empty()).unwrap_err();
+        assert!(e.to_string().starts_with("log.format:"), "{e}");
+    }
+}

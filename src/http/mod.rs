@@ -1,0 +1,65 @@
+//! HTTP routes: the Phoenix socket endpoints and the operations endpoints.
+//!
+//! ```text
+//! GET      /socket/websocket   Phoenix Channels over WebSocket (?vsn=2.0.0&token=JWT)
+//! GET|POST /socket/longpoll    Phoenix long-poll transport
+//! GET      /metrics            Prometheus text format
+//! GET      /health             alive
+//! GET      /ready              accepting connections (503 while starting or stopping)
+//! ```
+
+pub mod auth;
+pub mod longpoll;
+pub mod websocket;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::hub::Hub;
+
+/// The node's HTTP application.
+pub fn app(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/socket/websocket", get(websocket::upgrade))
+        .route("/socket/longpoll", get(longpoll::poll).post(longpoll::publish))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(hub)
+}
+
+/// A JSON error body `{error, reason}` with a status.
+pub fn json_error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
+    (status, Json(json!({"error": error, "reason": reason.into()}))).into_response()
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    hub.metrics
+        .outbound_queue_depth
+        .set(hub.outbound_queue_depth() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        hub.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(hub): State<Arc<Hub>>) -> Response {
+    if hub.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "stopping"}))).into_response();
+    }
+    if hub.session_supervisor().is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))).into_response();
+    }
+    Json(json!({"status": "ready", "connections": hub.sessions.len()})).into_response()
+}

@@ -1,0 +1,135 @@
+//! The node's shared parts, handed to every session, channel and route.
+//!
+//! Actors come and go (a restarted PresenceTracker has a new address); the hub is
+//! where the current address of each long-lived actor is found.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use dashmap::DashMap;
+use ractor::{ActorCell, ActorRef};
+use tokio::sync::watch;
+
+use crate::actors::presence::{PresenceMsg, PresenceTable};
+use crate::channels::Router;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocols::jwt::Verifier;
+use crate::pubsub::{Outbox, PubSub, SessionId};
+
+/// A live connection, as the node sees it.
+pub struct SessionEntry {
+    pub outbox: Outbox,
+    pub transport: &'static str,
+}
+
+/// Everything a connection needs from its node.
+pub struct Hub {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub pubsub: Arc<PubSub>,
+    pub router: Router,
+    pub verifier: Verifier,
+    /// Presence state; outlives PresenceTracker restarts.
+    pub presence_table: Arc<Mutex<PresenceTable>>,
+    presence: RwLock<Option<ActorRef<PresenceMsg>>>,
+    session_supervisor: RwLock<Option<ActorCell>>,
+    /// Live sessions and their outbound queues (for shutdown and queue-depth metrics).
+    pub sessions: DashMap<SessionId, SessionEntry>,
+    /// Long-poll sessions by their session token.
+    pub longpoll: crate::http::longpoll::Registry,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Hub {
+    pub fn new(config: Config, router: Router, verifier: Verifier) -> Hub {
+        let metrics = Arc::new(Metrics::new());
+        Hub {
+            config: Arc::new(config),
+            pubsub: Arc::new(PubSub::new(metrics.clone())),
+            metrics,
+            router,
+            verifier,
+            presence_table: Arc::default(),
+            presence: RwLock::new(None),
+            session_supervisor: RwLock::new(None),
+            sessions: DashMap::new(),
+            longpoll: Default::default(),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Send a message to the current PresenceTracker. Dropped, with a warning, in the
+    /// moment between a tracker crash and its restart.
+    pub fn presence(&self, msg: PresenceMsg) {
+        let tracker = self.presence.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match tracker.map(|t| t.cast(msg)) {
+            Some(Ok(())) => {}
+            _ => tracing::warn!("presence tracker unavailable; presence update dropped"),
+        }
+    }
+
+    pub(crate) fn set_presence(&self, actor: Option<ActorRef<PresenceMsg>>) {
+        *self.presence.write().unwrap_or_else(|p| p.into_inner()) = actor;
+    }
+
+    /// The supervisor new sessions are linked to.
+    pub fn session_supervisor(&self) -> Option<ActorCell> {
+        self.session_supervisor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_session_supervisor(&self, cell: Option<ActorCell>) {
+        *self
+            .session_supervisor
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = cell;
+    }
+
+    /// Ask every part of the node to stop (SIGTERM).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Record a new session (counted in `armoricore_connections`).
+    pub fn register_session(&self, id: SessionId, entry: SessionEntry) {
+        self.metrics
+            .connections
+            .with_label_values(&[entry.transport])
+            .inc();
+        self.sessions.insert(id, entry);
+    }
+
+    /// Remove a session; `None` if it was already gone (so cleanup runs once).
+    pub fn forget_session(&self, id: SessionId) -> Option<SessionEntry> {
+        let (_, entry) = self.sessions.remove(&id)?;
+        self.metrics
+            .connections
+            .with_label_values(&[entry.transport])
+            .dec();
+        Some(entry)
+    }
+
+    /// Close every connection (shutdown): queued frames first, then `code`.
+    pub fn close_all_sessions(&self, code: u16, reason: &'static str) {
+        for entry in self.sessions.iter() {
+            entry.value().outbox.close(code, reason);
+        }
+    }
+
+    /// Outbound frames waiting across all connections (sampled for `/metrics`).
+    pub fn outbound_queue_depth(&self) -> usize {
+        self.sessions.iter().map(|e| e.value().outbox.len()).sum()
+    }
+}

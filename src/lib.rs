@@ -1,0 +1,36 @@
+//! Armoricore: a realtime and media backend in one Rust binary, speaking the
+//! Phoenix Channels protocol so the stock `phoenix` JavaScript client works unchanged.
+//!
+//! # Layout
+//!
+//! - [`server`]: start and stop a node ([`server::Node`]); the testable entry point.
+//! - [`supervisors`]: the supervision tree and the OTP restart policies it shares.
+//!   - [`supervisors::root`]: RootSupervisor over the gateway, sessions and presence.
+//!   - [`supervisors::sessions`]: parent of every connection's Session.
+//!   - [`supervisors::policy`]: permanent / transient / temporary, restart intensity.
+//! - [`actors`]: one unit of work each.
+//!   - [`actors::session`]: one per connection; runs its channels, contains their crashes.
+//!   - [`actors::presence`]: Phoenix.Presence state and diffs.
+//!   - [`actors::gateway`]: the HTTP listener.
+//! - [`channels`]: the `Channel` trait, the topic router, and the standard topics
+//!   (`chat:room:*`, `comments:stream:*`, `presence:room:*`, `user:*`) in [`channels::rooms`].
+//! - [`pubsub`]: topic registry and broadcast fan-out (encode once, queue the same
+//!   bytes to every subscriber); [`pubsub::outbox`] is a connection's outbound queue.
+//! - [`protocols`]: wire formats: [`protocols::phoenix`] frames (V1/V2), [`protocols::jwt`].
+//! - [`http`]: routes: WebSocket and long-poll transports, `/metrics`, `/health`, `/ready`.
+//! - [`hub`]: the node's shared parts, handed to sessions and routes.
+//! - [`bus`]: the message bus seam (`Bus` trait; in-process implementation).
+//! - [`config`]: the typed configuration (`config/default.toml` + file + env).
+//! - [`metrics`]: every Prometheus series, defined in one place.
+
+pub mod actors;
+pub mod bus;
+pub mod channels;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocols;
+pub mod pubsub;
+pub mod server;
+pub mod supervisors;

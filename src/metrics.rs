@@ -1,0 +1,123 @@
+//! Every Prometheus series Armoricore exports, defined in one place.
+//!
+//! One [`Metrics`] per node (not the global registry), so tests can run several
+//! nodes in one process and read each node's own numbers.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The node's metrics and the registry they are exported from.
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections by transport (`websocket`, `longpoll`).
+    pub connections: IntGaugeVec,
+    /// Connection attempts by transport and result (`ok`, `unauthorized`, `forbidden`, `bad_request`).
+    pub connects: IntCounterVec,
+    /// Channel joins by result (`ok`, `error`).
+    pub joins: IntCounterVec,
+    /// Frames received from clients.
+    pub messages_in: IntCounter,
+    /// Frames queued to clients (replies, pushes and every broadcast delivery).
+    pub messages_out: IntCounter,
+    /// Time to queue one broadcast to every local subscriber.
+    pub fanout_seconds: Histogram,
+    /// Subscribers a broadcast was queued to.
+    pub fanout_subscribers: Histogram,
+    /// Connections closed because their outbound queue was full.
+    pub slow_consumers: IntCounter,
+    /// Outbound frames waiting in connection queues (sampled at scrape).
+    pub outbound_queue_depth: IntGauge,
+    /// Failed children handled by a supervisor, by supervisor. Sessions and channels
+    /// are restarted by the client's automatic reconnect/rejoin, as in Phoenix.
+    pub restarts: IntCounterVec,
+    /// Presence entries (one per tracked channel join).
+    pub presences: IntGauge,
+    /// Frames refused as malformed, oversize or unsupported.
+    pub bad_frames: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let counter =
+            |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("valid metric"));
+        let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            register(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"),
+            )
+        };
+        Metrics {
+            connections: gauge_vec("armoricore_connections", "Open connections.", &["transport"]),
+            connects: counter_vec(
+                "armoricore_connects_total",
+                "Connection attempts by result.",
+                &["transport", "result"],
+            ),
+            joins: counter_vec("armoricore_joins_total", "Channel joins by result.", &["result"]),
+            messages_in: counter("armoricore_messages_in_total", "Frames received from clients."),
+            messages_out: counter("armoricore_messages_out_total", "Frames queued to clients."),
+            fanout_seconds: histogram(
+                "armoricore_broadcast_fanout_seconds",
+                "Time to queue one broadcast to every local subscriber.",
+                prometheus::exponential_buckets(1e-6, 4.0, 11).expect("valid buckets"),
+            ),
+            fanout_subscribers: histogram(
+                "armoricore_broadcast_fanout_subscribers",
+                "Local subscribers one broadcast was queued to.",
+                prometheus::exponential_buckets(1.0, 4.0, 9).expect("valid buckets"),
+            ),
+            slow_consumers: counter(
+                "armoricore_slow_consumer_disconnects_total",
+                "Connections closed because their outbound queue was full.",
+            ),
+            outbound_queue_depth: gauge(
+                "armoricore_outbound_queue_depth",
+                "Outbound frames waiting in connection queues.",
+            ),
+            restarts: counter_vec(
+                "armoricore_actor_restarts_total",
+                "Failed children handled by their supervisor.",
+                &["supervisor"],
+            ),
+            presences: gauge("armoricore_presences", "Tracked presence entries."),
+            bad_frames: counter_vec(
+                "armoricore_bad_frames_total",
+                "Inbound frames refused, by reason.",
+                &["reason"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding to a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

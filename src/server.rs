@@ -1,0 +1,156 @@
+//! Starting and stopping a node: the testable entry point.
+//!
+//! [`Node::start`] takes an already-bound listener (tests bind `127.0.0.1:0`), a
+//! config and a channel router, builds the [`Hub`] and spawns the RootSupervisor.
+//! [`Node::shutdown`] is what SIGTERM does: stop accepting, close every socket with
+//! 1001, wait for sessions to end (at most `server.shutdown_timeout_ms`), stop the tree.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::channels::Router;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::protocols::jwt::{self, KeyError, Verifier};
+use crate::supervisors::root::{Child, RootArgs, RootMsg, RootSupervisor};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("auth: {0}")]
+    Key(#[from] KeyError),
+    #[error("JWT secret file {path}: {source}")]
+    SecretFile { path: PathBuf, source: std::io::Error },
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    #[error("supervision tree failed to start: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+/// The HS256 secret: configured, or generated once into `<data_dir>/jwt_secret` (0600).
+pub fn hs256_secret(config: &Config) -> Result<Vec<u8>, StartError> {
+    if !config.auth.jwt_secret.is_empty() {
+        return Ok(config.auth.jwt_secret.as_bytes().to_vec());
+    }
+    let path = config.server.data_dir.join("jwt_secret");
+    let err = |source| StartError::SecretFile {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::create_dir_all(&config.server.data_dir).map_err(err)?;
+    let secret: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    write_private(&path, &secret).map_err(err)?;
+    tracing::warn!(path = %path.display(), "no JWT_SECRET configured: generated a random secret");
+    Ok(secret.into_bytes())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+/// The token verifier the configuration describes.
+pub fn verifier(config: &Config) -> Result<Verifier, StartError> {
+    let leeway = Duration::from_secs(config.auth.leeway_s);
+    let alg = jwt::parse_algorithm(&config.auth.algorithm)?;
+    if alg == jsonwebtoken::Algorithm::HS256 {
+        Ok(Verifier::hs256(&hs256_secret(config)?, leeway, config.auth.require_exp))
+    } else {
+        Ok(Verifier::from_public_key_file(
+            alg,
+            &config.auth.public_key_file,
+            leeway,
+            config.auth.require_exp,
+        )?)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    hub: Arc<Hub>,
+    root: ActorRef<RootMsg>,
+    root_done: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl Node {
+    /// Start a node serving on `listener` with the routes in `router`.
+    pub async fn start(
+        config: Config,
+        router: Router,
+        listener: std::net::TcpListener,
+    ) -> Result<Node, StartError> {
+        let verifier = verifier(&config)?;
+        let addr = listener.local_addr().map_err(StartError::Listener)?;
+        let hub = Arc::new(Hub::new(config, router, verifier));
+        let args = RootArgs {
+            hub: hub.clone(),
+            listener: Arc::new(listener),
+        };
+        let (root, root_done) = Actor::spawn(None, RootSupervisor, args).await?;
+        Ok(Node {
+            hub,
+            root,
+            root_done,
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The current actor of one of the root's children.
+    pub async fn child(&self, which: Child) -> Option<ractor::ActorCell> {
+        ractor::call!(self.root, RootMsg::Child, which).ok().flatten()
+    }
+
+    /// Wait until the supervision tree stops by itself (restart intensity exceeded).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.root_done).await;
+    }
+
+    /// Graceful stop: no new connections, every socket closed with 1001, sessions
+    /// given `server.shutdown_timeout_ms` to end, then the tree stops.
+    pub async fn shutdown(self) {
+        let started = Instant::now();
+        self.hub.begin_shutdown();
+        self.hub.close_all_sessions(1001, "server shutting down");
+        self.hub.longpoll.end_all();
+        let deadline = started + self.hub.config.shutdown_timeout();
+        while !self.hub.sessions.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let remaining = self.hub.sessions.len();
+        self.root.stop(None);
+        let _ = self.root_done.await;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            remaining,
+            "stopped"
+        );
+    }
+}

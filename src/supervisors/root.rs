@@ -1,0 +1,177 @@
+//! RootSupervisor: the top of the tree; one_for_one over the node's services.
+//!
+//! Every child is `Permanent`. A child that exits (failure or not) outside shutdown
+//! is restarted and counted in `armoricore_actor_restarts_total{supervisor="root"}`;
+//! more than `supervision.max_restarts` restarts within `supervision.window_ms` and
+//! the root fails itself, which ends `serve` with an error, as an OTP application
+//! whose top supervisor gives up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::policy::{exit_of, Exit, Intensity, RestartPolicy};
+use super::sessions::SessionSupervisor;
+use crate::actors::gateway::{Gateway, GatewayArgs};
+use crate::actors::presence::{PresenceArgs, PresenceTracker};
+use crate::hub::Hub;
+
+/// The root's children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    Gateway,
+    Sessions,
+    Presence,
+}
+
+impl Child {
+    const ALL: [Child; 3] = [Child::Presence, Child::Sessions, Child::Gateway];
+
+    fn policy(self) -> RestartPolicy {
+        RestartPolicy::Permanent
+    }
+}
+
+pub struct RootSupervisor;
+
+pub struct RootArgs {
+    pub hub: Arc<Hub>,
+    pub listener: Arc<std::net::TcpListener>,
+}
+
+pub enum RootMsg {
+    /// Test and operations hook: the current cell of a child.
+    Child(Child, ractor::RpcReplyPort<Option<ActorCell>>),
+}
+
+pub struct RootState {
+    hub: Arc<Hub>,
+    listener: Arc<std::net::TcpListener>,
+    children: HashMap<ActorId, (Child, ActorCell)>,
+    intensity: Intensity,
+}
+
+impl RootSupervisor {
+    async fn start_child(
+        myself: &ActorRef<RootMsg>,
+        state: &mut RootState,
+        child: Child,
+    ) -> Result<(), ActorProcessingErr> {
+        let hub = state.hub.clone();
+        let sup = myself.get_cell();
+        let cell = match child {
+            Child::Gateway => {
+                let args = GatewayArgs {
+                    hub,
+                    listener: state.listener.clone(),
+                };
+                Actor::spawn_linked(None, Gateway, args, sup).await?.0.get_cell()
+            }
+            Child::Sessions => {
+                let (actor, _) = Actor::spawn_linked(None, SessionSupervisor, hub.clone(), sup).await?;
+                hub.set_session_supervisor(Some(actor.get_cell()));
+                actor.get_cell()
+            }
+            Child::Presence => {
+                let args = PresenceArgs {
+                    table: hub.presence_table.clone(),
+                    pubsub: hub.pubsub.clone(),
+                    metrics: hub.metrics.clone(),
+                };
+                let (actor, _) = Actor::spawn_linked(None, PresenceTracker, args, sup).await?;
+                hub.set_presence(Some(actor.clone()));
+                actor.get_cell()
+            }
+        };
+        state.children.insert(cell.get_id(), (child, cell));
+        Ok(())
+    }
+}
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let sup = &args.hub.config.supervision;
+        let mut state = RootState {
+            intensity: Intensity::new(sup.max_restarts, Duration::from_millis(sup.window_ms)),
+            hub: args.hub,
+            listener: args.listener,
+            children: HashMap::new(),
+        };
+        for child in Child::ALL {
+            Self::start_child(&myself, &mut state, child).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Child(which, reply) => {
+                let cell = state
+                    .children
+                    .values()
+                    .find(|(c, _)| *c == which)
+                    .map(|(_, cell)| cell.clone());
+                let _ = reply.send(cell);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some((cell, exit)) = exit_of(&event) else {
+            return Ok(());
+        };
+        let Some((child, _)) = state.children.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state.hub.is_shutting_down() || !child.policy().restarts(&exit) {
+            return Ok(());
+        }
+        match &exit {
+            Exit::Failed(reason) => tracing::error!(?child, %reason, "child failed; restarting"),
+            Exit::Normal => tracing::warn!(?child, "child exited; restarting"),
+        }
+        state.hub.metrics.restarts.with_label_values(&["root"]).inc();
+        if !state.intensity.allow(Instant::now()) {
+            return Err(format!("restart intensity exceeded ({child:?} keeps failing); giving up").into());
+        }
+        Self::start_child(&myself, state, child).await
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<RootMsg>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop children in reverse start order, each getting its post_stop.
+        for child in Child::ALL.iter().rev() {
+            if let Some((_, cell)) = state.children.values().find(|(c, _)| c == child) {
+                let _ = cell.stop_and_wait(None, Some(Duration::from_secs(3))).await;
+            }
+        }
+        state.hub.set_presence(None);
+        state.hub.set_session_supervisor(None);
+        myself.stop_children(None);
+        Ok(())
+    }
+}
