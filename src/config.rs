@@ -17,7 +17,10 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const ENV_PREFIX: &str = "ARMORICORE_";
 
 /// The original Armoricore's variable names and the keys they set.
-const LEGACY_ENV: &[(&str, &str, &str)] = &[("PORT", "server", "port"), ("JWT_SECRET", "auth", "jwt_secret")];
+const LEGACY_ENV: &[(&str, &str, &str)] = &[
+    ("PORT", "server", "port"),
+    ("JWT_SECRET", "auth", "jwt_secret"),
+];
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +129,9 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: Table = DEFAULT_TOML.parse().expect("config/default.toml is valid TOML");
+        let mut table: Table = DEFAULT_TOML
+            .parse()
+            .expect("config/default.toml is valid TOML");
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
@@ -139,10 +144,11 @@ impl Config {
             merge(&mut table, overlay, "")?;
         }
         apply_env(&mut table, env)?;
-        let config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            invalid(&key, e.into_inner().to_string())
-        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                invalid(&key, e.into_inner().to_string())
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -165,8 +171,14 @@ impl Config {
             ("socket.max_frame_bytes", self.socket.max_frame_bytes as u64),
             ("socket.max_channels", self.socket.max_channels as u64),
             ("socket.join_burst", self.socket.join_burst as u64),
-            ("socket.heartbeat_timeout_ms", self.socket.heartbeat_timeout_ms),
-            ("socket.outbound_queue_frames", self.socket.outbound_queue_frames as u64),
+            (
+                "socket.heartbeat_timeout_ms",
+                self.socket.heartbeat_timeout_ms,
+            ),
+            (
+                "socket.outbound_queue_frames",
+                self.socket.outbound_queue_frames as u64,
+            ),
             ("socket.longpoll_poll_ms", self.socket.longpoll_poll_ms),
             ("supervision.window_ms", self.supervision.window_ms),
         ];
@@ -181,7 +193,12 @@ impl Config {
                 "must be greater than socket.longpoll_poll_ms",
             ));
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             return Err(invalid("log.level", "not a valid RUST_LOG filter"));
         }
         Ok(())
@@ -241,17 +258,28 @@ fn apply_env(
             .ok_or_else(|| invalid(&path, format!("unknown key (from {name})")))?;
         *slot = match slot {
             Value::String(_) => Value::String(raw),
-            Value::Integer(_) => raw
-                .trim()
-                .parse::<i64>()
-                .map(Value::Integer)
-                .map_err(|_| invalid(&path, format!("expected an integer, got {raw:?} (from {name})")))?,
+            Value::Integer(_) => raw.trim().parse::<i64>().map(Value::Integer).map_err(|_| {
+                invalid(
+                    &path,
+                    format!("expected an integer, got {raw:?} (from {name})"),
+                )
+            })?,
             Value::Boolean(_) => raw
                 .trim()
                 .parse::<bool>()
                 .map(Value::Boolean)
-                .map_err(|_| invalid(&path, format!("expected true or false, got {raw:?} (from {name})")))?,
-            _ => return Err(invalid(&path, format!("cannot be set from the environment ({name})"))),
+                .map_err(|_| {
+                    invalid(
+                        &path,
+                        format!("expected true or false, got {raw:?} (from {name})"),
+                    )
+                })?,
+            _ => {
+                return Err(invalid(
+                    &path,
+                    format!("cannot be set from the environment ({name})"),
+                ));
+            }
         };
     }
     Ok(())
@@ -262,7 +290,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -277,7 +308,11 @@ mod tests {
     fn env_overrides_and_legacy_names() {
         let c = Config::load_from(
             None,
-            env(&[("PORT", "4100"), ("JWT_SECRET", "123"), ("ARMORICORE_SOCKET__MAX_CHANNELS", "7")]),
+            env(&[
+                ("PORT", "4100"),
+                ("JWT_SECRET", "123"),
+                ("ARMORICORE_SOCKET__MAX_CHANNELS", "7"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.server.port, 4100);
@@ -293,7 +328,8 @@ mod tests {
         assert!(e.to_string().starts_with("socket.nope: unknown key"), "{e}");
         let e = Config::load_from(None, env(&[("PORT", "70000")])).unwrap_err();
         assert!(e.to_string().starts_with("server.port:"), "{e}");
-        let e = Config::load_from(None, env(&[("ARMORICORE_AUTH__ALGORITHM", "none")])).unwrap_err();
+        let e =
+            Config::load_from(None, env(&[("ARMORICORE_AUTH__ALGORITHM", "none")])).unwrap_err();
         assert!(e.to_string().starts_with("auth.algorithm:"), "{e}");
     }
 
@@ -306,7 +342,10 @@ mod tests {
         assert_eq!(c.socket.max_channels, 3);
         std::fs::write(&path, "[socket]\nmax_chanels = 3\n").unwrap();
         let e = Config::load_from(Some(&path), std::iter::empty()).unwrap_err();
-        assert!(e.to_string().starts_with("socket.max_chanels: unknown key"), "{e}");
+        assert!(
+            e.to_string().starts_with("socket.max_chanels: unknown key"),
+            "{e}"
+        );
         std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
         let e = Config::load_from(Some(&path), std::iter::empty()).unwrap_err();
         assert!(e.to_string().starts_with("log.format:"), "{e}");

@@ -61,7 +61,11 @@ impl Hub {
     /// Send a message to the current PresenceTracker. Dropped, with a warning, in the
     /// moment between a tracker crash and its restart.
     pub fn presence(&self, msg: PresenceMsg) {
-        let tracker = self.presence.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let tracker = self
+            .presence
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         match tracker.map(|t| t.cast(msg)) {
             Some(Ok(())) => {}
             _ => tracing::warn!("presence tracker unavailable; presence update dropped"),

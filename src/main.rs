@@ -12,7 +12,11 @@ use armoricore::server::{self, Node};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "armoricore", version, about = "Realtime and media backend (Phoenix Channels compatible)")]
+#[command(
+    name = "armoricore",
+    version,
+    about = "Realtime and media backend (Phoenix Channels compatible)"
+)]
 struct Cli {
     /// A TOML file laid over config/default.toml.
     #[arg(long, global = true, env = "ARMORICORE_CONFIG")]

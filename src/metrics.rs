@@ -49,29 +49,49 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
-        let counter =
-            |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("valid metric"));
-        let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
+        let counter = |name: &str, help: &str| {
+            register(&r, IntCounter::new(name, help).expect("valid metric"))
+        };
+        let gauge =
+            |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             register(
                 &r,
-                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"),
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("valid metric"),
             )
         };
         Metrics {
-            connections: gauge_vec("armoricore_connections", "Open connections.", &["transport"]),
+            connections: gauge_vec(
+                "armoricore_connections",
+                "Open connections.",
+                &["transport"],
+            ),
             connects: counter_vec(
                 "armoricore_connects_total",
                 "Connection attempts by result.",
                 &["transport", "result"],
             ),
-            joins: counter_vec("armoricore_joins_total", "Channel joins by result.", &["result"]),
-            messages_in: counter("armoricore_messages_in_total", "Frames received from clients."),
+            joins: counter_vec(
+                "armoricore_joins_total",
+                "Channel joins by result.",
+                &["result"],
+            ),
+            messages_in: counter(
+                "armoricore_messages_in_total",
+                "Frames received from clients.",
+            ),
             messages_out: counter("armoricore_messages_out_total", "Frames queued to clients."),
             fanout_seconds: histogram(
                 "armoricore_broadcast_fanout_seconds",

@@ -26,7 +26,10 @@ pub enum StartError {
     #[error("auth: {0}")]
     Key(#[from] KeyError),
     #[error("JWT secret file {path}: {source}")]
-    SecretFile { path: PathBuf, source: std::io::Error },
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("listener: {0}")]
     Listener(std::io::Error),
     #[error("supervision tree failed to start: {0}")]
@@ -73,7 +76,11 @@ pub fn verifier(config: &Config) -> Result<Verifier, StartError> {
     let leeway = Duration::from_secs(config.auth.leeway_s);
     let alg = jwt::parse_algorithm(&config.auth.algorithm)?;
     if alg == jsonwebtoken::Algorithm::HS256 {
-        Ok(Verifier::hs256(&hs256_secret(config)?, leeway, config.auth.require_exp))
+        Ok(Verifier::hs256(
+            &hs256_secret(config)?,
+            leeway,
+            config.auth.require_exp,
+        ))
     } else {
         Ok(Verifier::from_public_key_file(
             alg,
@@ -125,7 +132,9 @@ impl Node {
 
     /// The current actor of one of the root's children.
     pub async fn child(&self, which: Child) -> Option<ractor::ActorCell> {
-        ractor::call!(self.root, RootMsg::Child, which).ok().flatten()
+        ractor::call!(self.root, RootMsg::Child, which)
+            .ok()
+            .flatten()
     }
 
     /// Wait until the supervision tree stops by itself (restart intensity exceeded).

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::metrics::Metrics;
 use crate::protocols::phoenix::{self, Vsn};
@@ -69,7 +69,10 @@ pub enum PresenceMsg {
     /// The session is gone: remove it everywhere.
     UntrackSession { session: SessionId },
     /// The current state of a topic, as sent in `presence_state`.
-    List { topic: String, reply: RpcReplyPort<Value> },
+    List {
+        topic: String,
+        reply: RpcReplyPort<Value>,
+    },
 }
 
 pub struct PresenceArgs {
@@ -173,8 +176,16 @@ impl Actor for PresenceTracker {
                 let old = table.remove(&topic, session);
                 meta.insert("phx_ref".into(), Value::String(new_ref()));
                 let entry = Entry { session, key, meta };
-                table.topics.entry(topic.clone()).or_default().push(entry.clone());
-                table.by_session.entry(session).or_default().push(topic.clone());
+                table
+                    .topics
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(entry.clone());
+                table
+                    .by_session
+                    .entry(session)
+                    .or_default()
+                    .push(topic.clone());
                 let state_payload = table.list(&topic);
                 let frame = phoenix::encode(
                     target.vsn,
@@ -234,20 +245,31 @@ impl Actor for PresenceTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::outbox::{channel, Outbound};
     use crate::pubsub::Subscriber;
+    use crate::pubsub::outbox::{Outbound, channel};
 
     #[tokio::test]
     async fn track_update_untrack() {
         let metrics = Arc::new(Metrics::new());
         let pubsub = Arc::new(PubSub::new(metrics.clone()));
         let (outbox, mut rx) = channel(16);
-        pubsub.subscribe("room", Subscriber { session: 1, vsn: Vsn::V2, outbox: outbox.clone() });
+        pubsub.subscribe(
+            "room",
+            Subscriber {
+                session: 1,
+                vsn: Vsn::V2,
+                outbox: outbox.clone(),
+            },
+        );
         let table = Arc::new(Mutex::new(PresenceTable::default()));
         let (actor, handle) = Actor::spawn(
             None,
             PresenceTracker,
-            PresenceArgs { table: table.clone(), pubsub, metrics },
+            PresenceArgs {
+                table: table.clone(),
+                pubsub,
+                metrics,
+            },
         )
         .await
         .unwrap();
@@ -259,7 +281,11 @@ mod tests {
                 session: 1,
                 key: "alice".into(),
                 meta,
-                target: StateTarget { outbox, vsn: Vsn::V2, join_ref: Some("1".into()) },
+                target: StateTarget {
+                    outbox,
+                    vsn: Vsn::V2,
+                    join_ref: Some("1".into()),
+                },
             })
             .unwrap();
         let mut next = async || match rx.recv().await {
@@ -277,16 +303,31 @@ mod tests {
 
         let mut changes = Map::new();
         changes.insert("status".into(), json!("away"));
-        actor.cast(PresenceMsg::Update { topic: "room".into(), session: 1, changes }).unwrap();
+        actor
+            .cast(PresenceMsg::Update {
+                topic: "room".into(),
+                session: 1,
+                changes,
+            })
+            .unwrap();
         let diff = next().await;
         assert_eq!(diff[4]["leaves"]["alice"]["metas"][0]["phx_ref"], first_ref);
-        assert_eq!(diff[4]["joins"]["alice"]["metas"][0]["phx_ref_prev"], first_ref);
+        assert_eq!(
+            diff[4]["joins"]["alice"]["metas"][0]["phx_ref_prev"],
+            first_ref
+        );
         assert_eq!(diff[4]["joins"]["alice"]["metas"][0]["status"], "away");
 
-        actor.cast(PresenceMsg::UntrackSession { session: 1 }).unwrap();
+        actor
+            .cast(PresenceMsg::UntrackSession { session: 1 })
+            .unwrap();
         let diff = next().await;
         assert_eq!(diff[4]["leaves"]["alice"]["metas"][0]["status"], "away");
-        let listed = ractor::call!(actor, |reply| PresenceMsg::List { topic: "room".into(), reply }).unwrap();
+        let listed = ractor::call!(actor, |reply| PresenceMsg::List {
+            topic: "room".into(),
+            reply
+        })
+        .unwrap();
         assert_eq!(listed, json!({}));
         actor.stop(None);
         handle.await.unwrap();

@@ -17,13 +17,13 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::actors::presence::PresenceMsg;
 use crate::channels::{Channel, ChannelCtx, ChannelError, Reply, RouteError};
 use crate::hub::{Hub, SessionEntry};
 use crate::protocols::jwt::Claims;
-use crate::protocols::phoenix::{self, events, Frame, Message, Vsn};
+use crate::protocols::phoenix::{self, Frame, Message, Vsn, events};
 use crate::pubsub::{Outbox, PushError, SessionId, Subscriber};
 
 /// The session actor.
@@ -101,7 +101,8 @@ impl SessionState {
             Ok(()) => self.hub.metrics.messages_out.inc(),
             Err(PushError::Full) => {
                 self.hub.metrics.slow_consumers.inc();
-                self.outbox.close_now(1008, "slow consumer: outbound queue full");
+                self.outbox
+                    .close_now(1008, "slow consumer: outbound queue full");
             }
             Err(PushError::Closed) => {}
         }
@@ -125,7 +126,14 @@ impl SessionState {
     /// A channel-level event with the channel's join_ref as both refs
     /// (`phx_close`, `phx_error`), as Phoenix sends them.
     fn channel_event(&self, topic: &str, join_ref: Option<&str>, event: &str) {
-        self.send(phoenix::encode(self.vsn, join_ref, join_ref, topic, event, &json!({})));
+        self.send(phoenix::encode(
+            self.vsn,
+            join_ref,
+            join_ref,
+            topic,
+            event,
+            &json!({}),
+        ));
     }
 
     /// Forget a channel's subscription and presence.
@@ -143,7 +151,11 @@ impl SessionState {
             tracing::error!(session = self.id, topic, reason = why, "channel crashed");
             self.teardown(topic);
             self.channel_event(topic, joined.join_ref.as_deref(), events::ERROR);
-            self.hub.metrics.restarts.with_label_values(&["session"]).inc();
+            self.hub
+                .metrics
+                .restarts
+                .with_label_values(&["session"])
+                .inc();
         }
     }
 
@@ -178,7 +190,10 @@ impl SessionState {
         };
         let max = self.hub.config.socket.max_channels;
         if self.channels.len() >= max {
-            return refused(self, format!("too many channels (at most {max} per connection)"));
+            return refused(
+                self,
+                format!("too many channels (at most {max} per connection)"),
+            );
         }
         if !self.joins.take() {
             return refused(self, "join rate exceeded, retry later".into());
@@ -205,7 +220,9 @@ impl SessionState {
             Ok(Ok(response)) => {
                 self.hub.metrics.joins.with_label_values(&["ok"]).inc();
                 self.reply(&m, Reply::Ok(response));
-                let after = AssertUnwindSafe(channel.after_join(&ctx)).catch_unwind().await;
+                let after = AssertUnwindSafe(channel.after_join(&ctx))
+                    .catch_unwind()
+                    .await;
                 self.channels.insert(
                     topic.clone(),
                     Joined {
@@ -227,7 +244,11 @@ impl SessionState {
             Err(panic) => {
                 self.hub.pubsub.unsubscribe(&topic, self.id);
                 tracing::error!(session = self.id, topic, reason = %panic_message(&panic), "join crashed");
-                self.hub.metrics.restarts.with_label_values(&["session"]).inc();
+                self.hub
+                    .metrics
+                    .restarts
+                    .with_label_values(&["session"])
+                    .inc();
                 refused(self, "join crashed".into());
             }
         }

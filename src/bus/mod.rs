@@ -65,7 +65,9 @@ mod tests {
     async fn in_process_round_trip() {
         let bus = InProcessBus::new(8);
         let mut rx = bus.subscribe();
-        bus.publish("chat.message", Bytes::from_static(b"{}")).await.unwrap();
+        bus.publish("chat.message", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
         let e = rx.recv().await.unwrap();
         assert_eq!(e.subject, "chat.message");
     }

@@ -14,12 +14,12 @@ pub mod rooms;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::actors::presence::{PresenceMsg, StateTarget};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::protocols::jwt::{topic_matches, Claims};
+use crate::protocols::jwt::{Claims, topic_matches};
 use crate::protocols::phoenix::{self, Vsn};
 use crate::pubsub::{Outbox, SessionId};
 
@@ -168,8 +168,16 @@ impl Router {
     pub fn standard(config: &Config) -> Router {
         let max = config.channels.max_content_chars;
         Router::default()
-            .route("chat:room:", Access::Public, rooms::ChatRoom { max_chars: max })
-            .route("comments:stream:", Access::Public, rooms::CommentStream { max_chars: max })
+            .route(
+                "chat:room:",
+                Access::Public,
+                rooms::ChatRoom { max_chars: max },
+            )
+            .route(
+                "comments:stream:",
+                Access::Public,
+                rooms::CommentStream { max_chars: max },
+            )
             .route("presence:room:", Access::Public, rooms::PresenceRoom)
             .route("user:", Access::OwnUser, rooms::UserTopic)
     }
@@ -181,7 +189,8 @@ impl Router {
             access,
             channel: Arc::new(channel),
         });
-        self.routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        self.routes
+            .sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         self
     }
 
@@ -226,13 +235,28 @@ mod tests {
         let r = Router::standard(&Config::defaults());
         let alice = user("alice", None);
         assert!(r.authorize("chat:room:1", &alice).is_ok());
-        assert_eq!(r.authorize("chat:room:", &alice).err(), Some(RouteError::Unmatched));
-        assert_eq!(r.authorize("nope:1", &alice).err(), Some(RouteError::Unmatched));
+        assert_eq!(
+            r.authorize("chat:room:", &alice).err(),
+            Some(RouteError::Unmatched)
+        );
+        assert_eq!(
+            r.authorize("nope:1", &alice).err(),
+            Some(RouteError::Unmatched)
+        );
         assert!(r.authorize("user:alice", &alice).is_ok());
-        assert_eq!(r.authorize("user:bob", &alice).err(), Some(RouteError::Unauthorized));
+        assert_eq!(
+            r.authorize("user:bob", &alice).err(),
+            Some(RouteError::Unauthorized)
+        );
         let scoped = user("alice", Some(vec!["chat:room:1"]));
         assert!(r.authorize("chat:room:1", &scoped).is_ok());
-        assert_eq!(r.authorize("chat:room:2", &scoped).err(), Some(RouteError::Unauthorized));
-        assert_eq!(r.authorize("user:alice", &scoped).err(), Some(RouteError::Unauthorized));
+        assert_eq!(
+            r.authorize("chat:room:2", &scoped).err(),
+            Some(RouteError::Unauthorized)
+        );
+        assert_eq!(
+            r.authorize("user:alice", &scoped).err(),
+            Some(RouteError::Unauthorized)
+        );
     }
 }

@@ -10,7 +10,7 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::{Channel, ChannelCtx, ChannelError, Reply};
 
@@ -51,19 +51,22 @@ fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) ->
         _ => {
             return Reply::error(format!(
                 "content must be a non-empty string of at most {max_chars} characters"
-            ))
+            ));
         }
     };
     let id = uuid::Uuid::now_v7().to_string();
-    let (offset, _) = ctx.hub.pubsub.broadcast_with_offset(ctx.topic, event, |offset| {
-        json!({
-            "id": id,
-            "offset": offset,
-            "user_id": ctx.user.user_id,
-            "content": content,
-            "timestamp": now_rfc3339(),
-        })
-    });
+    let (offset, _) = ctx
+        .hub
+        .pubsub
+        .broadcast_with_offset(ctx.topic, event, |offset| {
+            json!({
+                "id": id,
+                "offset": offset,
+                "user_id": ctx.user.user_id,
+                "content": content,
+                "timestamp": now_rfc3339(),
+            })
+        });
     Reply::Ok(json!({"id": id, "offset": offset}))
 }
 
@@ -146,7 +149,9 @@ impl Channel for PresenceRoom {
                         ctx.update_presence(changes);
                         Ok(Some(Reply::Ok(json!({}))))
                     }
-                    _ => Ok(Some(Reply::error("status must be one of online, away, busy"))),
+                    _ => Ok(Some(Reply::error(
+                        "status must be one of online, away, busy",
+                    ))),
                 }
             }
             other => unknown_event(other),

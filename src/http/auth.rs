@@ -69,7 +69,10 @@ pub fn authenticate(
         } else {
             (StatusCode::UNAUTHORIZED, "unauthorized")
         };
-        hub.metrics.connects.with_label_values(&[transport, label]).inc();
+        hub.metrics
+            .connects
+            .with_label_values(&[transport, label])
+            .inc();
         tracing::debug!(transport, reason = %e, "connection refused");
         json_error(status, label, e.to_string())
     })
@@ -85,10 +88,15 @@ mod tests {
         let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("a.b.c");
         h.insert(
             "sec-websocket-protocol",
-            format!("phoenix, {AUTH_PROTOCOL_PREFIX}{encoded}").parse().unwrap(),
+            format!("phoenix, {AUTH_PROTOCOL_PREFIX}{encoded}")
+                .parse()
+                .unwrap(),
         );
         assert_eq!(find_token(&h, Some("q")).as_deref(), Some("a.b.c"));
-        assert_eq!(find_token(&HeaderMap::new(), Some("q")).as_deref(), Some("q"));
+        assert_eq!(
+            find_token(&HeaderMap::new(), Some("q")).as_deref(),
+            Some("q")
+        );
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer xyz".parse().unwrap());
         assert_eq!(find_token(&h, None).as_deref(), Some("xyz"));

@@ -17,22 +17,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine;
 use dashmap::DashMap;
 use ractor::ActorRef;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::auth::authenticate;
 use super::websocket::{deliver, start_session, vsn_of};
 use crate::actors::session::SessionMsg;
 use crate::hub::Hub;
 use crate::protocols::phoenix::{self, Vsn};
-use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
 use crate::pubsub::Outbox;
+use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
 
 const TRANSPORT: &str = "longpoll";
 /// Frames returned by one poll at most.
@@ -134,17 +134,24 @@ async fn new_session(
         Ok(c) => c,
         Err(refused) => {
             let code = refused.status().as_u16();
-            return status(refused.status(), json!({"status": code, "reason": "invalid token"}));
+            return status(
+                refused.status(),
+                json!({"status": code, "reason": "invalid token"}),
+            );
         }
     };
     if hub.is_shutting_down() {
         return status(StatusCode::SERVICE_UNAVAILABLE, json!({"status": 503}));
     }
     let (outbox, rx) = outbox::channel(hub.config.socket.outbound_queue_frames);
-    let Some(session) = start_session(hub, Arc::new(claims), vsn, outbox.clone(), TRANSPORT).await else {
+    let Some(session) = start_session(hub, Arc::new(claims), vsn, outbox.clone(), TRANSPORT).await
+    else {
         return status(StatusCode::INTERNAL_SERVER_ERROR, json!({"status": 500}));
     };
-    hub.metrics.connects.with_label_values(&[TRANSPORT, "ok"]).inc();
+    hub.metrics
+        .connects
+        .with_label_values(&[TRANSPORT, "ok"])
+        .inc();
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
     let lp = Arc::new(LongPollSession {
         session,
@@ -216,7 +223,10 @@ pub async fn publish(
     let max = hub.config.socket.max_frame_bytes;
     for line in body.split('\n').filter(|l| !l.trim().is_empty()) {
         if line.len() > max {
-            hub.metrics.bad_frames.with_label_values(&["oversize"]).inc();
+            hub.metrics
+                .bad_frames
+                .with_label_values(&["oversize"])
+                .inc();
             hub.longpoll.end(&token);
             return status(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -226,9 +236,15 @@ pub async fn publish(
         let msg = match phoenix::decode(lp.vsn, line) {
             Ok(m) => m,
             Err(e) => {
-                hub.metrics.bad_frames.with_label_values(&["malformed"]).inc();
+                hub.metrics
+                    .bad_frames
+                    .with_label_values(&["malformed"])
+                    .inc();
                 hub.longpoll.end(&token);
-                return status(StatusCode::BAD_REQUEST, json!({"status": 400, "reason": e.to_string()}));
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    json!({"status": 400, "reason": e.to_string()}),
+                );
             }
         };
         if !deliver(&lp.session, msg).await {

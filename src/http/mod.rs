@@ -15,7 +15,7 @@ pub mod websocket;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -27,7 +27,10 @@ use crate::hub::Hub;
 pub fn app(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/socket/websocket", get(websocket::upgrade))
-        .route("/socket/longpoll", get(longpoll::poll).post(longpoll::publish))
+        .route(
+            "/socket/longpoll",
+            get(longpoll::poll).post(longpoll::publish),
+        )
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -36,7 +39,11 @@ pub fn app(hub: Arc<Hub>) -> Router {
 
 /// A JSON error body `{error, reason}` with a status.
 pub fn json_error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
-    (status, Json(json!({"error": error, "reason": reason.into()}))).into_response()
+    (
+        status,
+        Json(json!({"error": error, "reason": reason.into()})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
@@ -56,10 +63,18 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn ready(State(hub): State<Arc<Hub>>) -> Response {
     if hub.is_shutting_down() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "stopping"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "stopping"})),
+        )
+            .into_response();
     }
     if hub.session_supervisor().is_none() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "starting"})),
+        )
+            .into_response();
     }
     Json(json!({"status": "ready", "connections": hub.sessions.len()})).into_response()
 }

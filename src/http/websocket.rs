@@ -24,8 +24,8 @@ use crate::actors::session::{Session, SessionArgs, SessionMsg};
 use crate::hub::Hub;
 use crate::protocols::jwt::Claims;
 use crate::protocols::phoenix::{self, Vsn};
-use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
 use crate::pubsub::Outbox;
+use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
 
 const TRANSPORT: &str = "websocket";
 /// Frames written per flush at most.
@@ -40,7 +40,11 @@ pub fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Parse `vsn`, or answer 400.
-pub fn vsn_of(hub: &Hub, transport: &'static str, query: &[(String, String)]) -> Result<Vsn, Response> {
+pub fn vsn_of(
+    hub: &Hub,
+    transport: &'static str,
+    query: &[(String, String)],
+) -> Result<Vsn, Response> {
     Vsn::parse(param(query, "vsn")).ok_or_else(|| {
         hub.metrics
             .connects
@@ -69,9 +73,16 @@ pub async fn upgrade(
         Err(response) => return response,
     };
     if hub.is_shutting_down() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server shutting down");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "server shutting down",
+        );
     }
-    hub.metrics.connects.with_label_values(&[TRANSPORT, "ok"]).inc();
+    hub.metrics
+        .connects
+        .with_label_values(&[TRANSPORT, "ok"])
+        .inc();
     let socket = &hub.config.socket;
     ws.protocols(["phoenix"])
         .read_buffer_size(socket.read_buffer_bytes)
@@ -148,7 +159,10 @@ async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, socket: WebSocket) {
             }
             Err(e) => {
                 if is_too_large(&e) {
-                    hub.metrics.bad_frames.with_label_values(&["oversize"]).inc();
+                    hub.metrics
+                        .bad_frames
+                        .with_label_values(&["oversize"])
+                        .inc();
                     outbox.close_now(1009, format!("frame too large (max {max} bytes)"));
                 }
                 break;
@@ -161,7 +175,10 @@ async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, socket: WebSocket) {
                 }
             }
             Err(e) => {
-                hub.metrics.bad_frames.with_label_values(&["malformed"]).inc();
+                hub.metrics
+                    .bad_frames
+                    .with_label_values(&["malformed"])
+                    .inc();
                 let mut reason = e.to_string();
                 reason.truncate(120); // close reasons must fit in 123 bytes
                 outbox.close(1007, reason);

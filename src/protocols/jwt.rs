@@ -66,7 +66,9 @@ pub enum KeyError {
         path: String,
         source: jsonwebtoken::errors::Error,
     },
-    #[error("{0:?} tokens are signed by your identity provider; armoricore only mints HS256 tokens")]
+    #[error(
+        "{0:?} tokens are signed by your identity provider; armoricore only mints HS256 tokens"
+    )]
     CannotSign(Algorithm),
     #[error("signing failed: {0}")]
     Sign(jsonwebtoken::errors::Error),
@@ -194,17 +196,19 @@ impl Verifier {
         if header.alg != self.algorithm {
             return Err(AuthError::WrongAlgorithm(self.algorithm));
         }
-        let data = jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(self.algorithm),
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::BadClaims(format!("missing required claim `{c}`"))
+        let data =
+            jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(self.algorithm),
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        AuthError::BadClaims(format!("missing required claim `{c}`"))
+                    }
+                    ErrorKind::Json(e) => AuthError::BadClaims(e.to_string()),
+                    _ => AuthError::Malformed,
                 }
-                ErrorKind::Json(e) => AuthError::BadClaims(e.to_string()),
-                _ => AuthError::Malformed,
             })?;
         let raw = data.claims;
         let user_id = raw
@@ -295,8 +299,14 @@ mod tests {
 
     #[test]
     fn mint_then_verify() {
-        let v = Verifier::hs256(b"secret-secret-secret-secret-32by", Duration::from_secs(5), true);
-        let t = v.mint(&claims("alice"), Some(Duration::from_secs(60))).unwrap();
+        let v = Verifier::hs256(
+            b"secret-secret-secret-secret-32by",
+            Duration::from_secs(5),
+            true,
+        );
+        let t = v
+            .mint(&claims("alice"), Some(Duration::from_secs(60)))
+            .unwrap();
         assert_eq!(v.verify(&t).unwrap().user_id, "alice");
         let other = Verifier::hs256(b"another-secret-another-secret-32", Duration::ZERO, true);
         assert_eq!(other.verify(&t), Err(AuthError::BadSignature));

@@ -240,7 +240,11 @@ mod tests {
             r#"[1,"2","t","e",{}]"#,
             r#"{"topic":"t"}"#,
         ] {
-            let vsn = if text.starts_with('{') { Vsn::V1 } else { Vsn::V2 };
+            let vsn = if text.starts_with('{') {
+                Vsn::V1
+            } else {
+                Vsn::V2
+            };
             assert!(decode(vsn, text).is_err(), "{text} should not decode");
         }
     }

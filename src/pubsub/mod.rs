@@ -74,7 +74,8 @@ impl PubSub {
                 t.subscribers.swap_remove(i);
             }
         }
-        self.topics.remove_if(topic, |_, t| lock(t).subscribers.is_empty());
+        self.topics
+            .remove_if(topic, |_, t| lock(t).subscribers.is_empty());
     }
 
     /// Remove a connection from every topic (used when a session crashed and its
@@ -83,7 +84,12 @@ impl PubSub {
         let topics: Vec<Arc<str>> = self
             .topics
             .iter()
-            .filter(|e| lock(e.value()).subscribers.iter().any(|s| s.session == session))
+            .filter(|e| {
+                lock(e.value())
+                    .subscribers
+                    .iter()
+                    .any(|s| s.session == session)
+            })
             .map(|e| e.key().clone())
             .collect();
         for topic in topics {
@@ -92,7 +98,13 @@ impl PubSub {
     }
 
     /// Queue `event` to every subscriber of `topic` except `except`; returns how many.
-    pub fn broadcast(&self, topic: &str, event: &str, payload: &Value, except: Option<SessionId>) -> usize {
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: &Value,
+        except: Option<SessionId>,
+    ) -> usize {
         let Some(t) = self.topics.get(topic).map(|e| e.value().clone()) else {
             return 0;
         };
@@ -108,7 +120,12 @@ impl PubSub {
         event: &str,
         payload: impl FnOnce(u64) -> Value,
     ) -> (u64, Value) {
-        let t = self.topics.entry(Arc::from(topic)).or_default().value().clone();
+        let t = self
+            .topics
+            .entry(Arc::from(topic))
+            .or_default()
+            .value()
+            .clone();
         let mut t = lock(&t);
         t.offset += 1;
         let offset = t.offset;
@@ -117,7 +134,14 @@ impl PubSub {
         (offset, payload)
     }
 
-    fn fan_out(&self, t: &Topic, topic: &str, event: &str, payload: &Value, except: Option<SessionId>) -> usize {
+    fn fan_out(
+        &self,
+        t: &Topic,
+        topic: &str,
+        event: &str,
+        payload: &Value,
+        except: Option<SessionId>,
+    ) -> usize {
         let started = Instant::now();
         let lane = Fastlane::new(topic, event, payload);
         let mut delivered = 0;
@@ -129,13 +153,16 @@ impl PubSub {
                 Ok(()) => delivered += 1,
                 Err(PushError::Full) => {
                     self.metrics.slow_consumers.inc();
-                    s.outbox.close_now(1008, "slow consumer: outbound queue full");
+                    s.outbox
+                        .close_now(1008, "slow consumer: outbound queue full");
                 }
                 Err(PushError::Closed) => {}
             }
         }
         self.metrics.messages_out.inc_by(delivered as u64);
-        self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .fanout_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.fanout_subscribers.observe(delivered as f64);
         delivered
     }
@@ -157,12 +184,19 @@ impl PubSub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::outbox::{channel, Outbound, OutboxReceiver};
+    use crate::pubsub::outbox::{Outbound, OutboxReceiver, channel};
     use serde_json::json;
 
     fn sub(pubsub: &PubSub, topic: &str, session: SessionId, vsn: Vsn) -> OutboxReceiver {
         let (outbox, rx) = channel(8);
-        pubsub.subscribe(topic, Subscriber { session, vsn, outbox });
+        pubsub.subscribe(
+            topic,
+            Subscriber {
+                session,
+                vsn,
+                outbox,
+            },
+        );
         rx
     }
 
@@ -201,7 +235,14 @@ mod tests {
     async fn slow_consumer_is_closed_not_buffered() {
         let ps = PubSub::new(Arc::new(Metrics::new()));
         let (outbox, mut rx) = channel(1);
-        ps.subscribe("t", Subscriber { session: 1, vsn: Vsn::V2, outbox });
+        ps.subscribe(
+            "t",
+            Subscriber {
+                session: 1,
+                vsn: Vsn::V2,
+                outbox,
+            },
+        );
         ps.broadcast("t", "e", &json!(1), None);
         ps.broadcast("t", "e", &json!(2), None);
         assert!(matches!(rx.recv().await, Outbound::Close(c) if c.code == 1008));

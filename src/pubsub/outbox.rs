@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{Notify, mpsc};
 
 use crate::protocols::phoenix::Frame;
 
@@ -142,7 +142,7 @@ impl OutboxReceiver {
                     return Outbound::Close(close.map(|c| c.0).unwrap_or(Close {
                         code: 1000,
                         reason: Cow::Borrowed(""),
-                    }))
+                    }));
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }

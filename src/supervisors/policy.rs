@@ -46,7 +46,9 @@ impl RestartPolicy {
 pub fn exit_of(event: &SupervisionEvent) -> Option<(ActorCell, Exit)> {
     match event {
         SupervisionEvent::ActorTerminated(cell, _, _) => Some((cell.clone(), Exit::Normal)),
-        SupervisionEvent::ActorFailed(cell, err) => Some((cell.clone(), Exit::Failed(err.to_string()))),
+        SupervisionEvent::ActorFailed(cell, err) => {
+            Some((cell.clone(), Exit::Failed(err.to_string())))
+        }
         _ => None,
     }
 }
@@ -103,7 +105,10 @@ mod tests {
         let t0 = Instant::now();
         assert!(i.allow(t0));
         assert!(i.allow(t0 + Duration::from_secs(1)));
-        assert!(!i.allow(t0 + Duration::from_secs(2)), "third restart in the window");
+        assert!(
+            !i.allow(t0 + Duration::from_secs(2)),
+            "third restart in the window"
+        );
         // Old restarts fall out of the window.
         let mut i = Intensity::new(2, Duration::from_secs(10));
         assert!(i.allow(t0));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::policy::{exit_of, Exit, Intensity, RestartPolicy};
+use super::policy::{Exit, Intensity, RestartPolicy, exit_of};
 use super::sessions::SessionSupervisor;
 use crate::actors::gateway::{Gateway, GatewayArgs};
 use crate::actors::presence::{PresenceArgs, PresenceTracker};
@@ -67,10 +67,14 @@ impl RootSupervisor {
                     hub,
                     listener: state.listener.clone(),
                 };
-                Actor::spawn_linked(None, Gateway, args, sup).await?.0.get_cell()
+                Actor::spawn_linked(None, Gateway, args, sup)
+                    .await?
+                    .0
+                    .get_cell()
             }
             Child::Sessions => {
-                let (actor, _) = Actor::spawn_linked(None, SessionSupervisor, hub.clone(), sup).await?;
+                let (actor, _) =
+                    Actor::spawn_linked(None, SessionSupervisor, hub.clone(), sup).await?;
                 hub.set_session_supervisor(Some(actor.get_cell()));
                 actor.get_cell()
             }
@@ -151,9 +155,16 @@ impl Actor for RootSupervisor {
             Exit::Failed(reason) => tracing::error!(?child, %reason, "child failed; restarting"),
             Exit::Normal => tracing::warn!(?child, "child exited; restarting"),
         }
-        state.hub.metrics.restarts.with_label_values(&["root"]).inc();
+        state
+            .hub
+            .metrics
+            .restarts
+            .with_label_values(&["root"])
+            .inc();
         if !state.intensity.allow(Instant::now()) {
-            return Err(format!("restart intensity exceeded ({child:?} keeps failing); giving up").into());
+            return Err(
+                format!("restart intensity exceeded ({child:?} keeps failing); giving up").into(),
+            );
         }
         Self::start_child(&myself, state, child).await
     }

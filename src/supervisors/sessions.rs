@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::policy::{exit_of, Exit, RestartPolicy};
+use super::policy::{Exit, RestartPolicy, exit_of};
 use crate::actors::presence::PresenceMsg;
 use crate::hub::Hub;
 

@@ -15,6 +15,21 @@ export const JWT_SECRET = "armoricore-js-e2e-secret-0123456789abcdef"
 const START_TIMEOUT_MS = 20_000
 const STOP_TIMEOUT_MS = 10_000
 
+/**
+ * The environment for the server and token processes: ours, minus the variables that only
+ * configure this harness (ARMORICORE_BIN, ARMORICORE_E2E_*). The server reads every other
+ * ARMORICORE_* variable as configuration (ARMORICORE_<SECTION>__<KEY>) and refuses to start
+ * on names it does not understand, such as ARMORICORE_BIN.
+ */
+export function childEnv(extra = {}){
+  const env = {}
+  for(const [k, v] of Object.entries(process.env)){
+    if(k === "ARMORICORE_BIN" || k.startsWith("ARMORICORE_E2E_")){ continue }
+    env[k] = v
+  }
+  return {...env, JWT_SECRET, ...extra}
+}
+
 export function binPath(){
   const bin = process.env.ARMORICORE_BIN
   if(!bin){
@@ -37,14 +52,12 @@ export async function startServer(opts = {}){
   const bin = binPath()
   const ownDataDir = !opts.dataDir
   const dataDir = opts.dataDir || mkdtempSync(pathJoin(tmpdir(), "armoricore-e2e-"))
-  const env = {
-    ...process.env,
+  const env = childEnv({
     PORT: String(opts.port ?? 0),
     ARMORICORE_SERVER__HOST: "127.0.0.1",
     ARMORICORE_SERVER__DATA_DIR: dataDir,
-    JWT_SECRET,
     ...(opts.env || {}),
-  }
+  })
   const proc = spawn(bin, ["serve", "--log-format", "json"], {env, stdio: ["ignore", "pipe", "pipe"]})
   const server = new Server(proc, dataDir, ownDataDir)
   await server.listening()
@@ -187,7 +200,7 @@ export function mintToken({sub, name, channels, ttl} = {}){
   let out
   try {
     out = execFileSync(binPath(), args, {
-      env: {...process.env, JWT_SECRET},
+      env: childEnv(),
       encoding: "utf8",
       stdio: ["ignore", "pipe", "pipe"],
       timeout: 10_000,
@@ -224,9 +237,12 @@ export function openSocket(t, server, opts = {}){
     socketOpts.logger = (kind, msg, data) => console.error(`[phoenix ${kind}] ${msg}`, JSON.stringify(data))
   }
   const socket = new Socket(endPoint, socketOpts)
-  // record raw frames for diagnostics
+  // record raw frames and transport events for diagnostics
   socket.frames = []
+  socket.transportEvents = []
   socket.onMessage(msg => socket.frames.push(msg))
+  socket.onError(e => socket.transportEvents.push(`error ${e?.message || (typeof e === "object" ? e?.type || "event" : e)}`))
+  socket.onClose(e => socket.transportEvents.push(`close ${e?.code} ${e?.reason || ""}`.trim()))
   t.after(() => closeSocket(socket))
   if(connect){ socket.connect() }
   return socket
@@ -260,7 +276,9 @@ export async function waitFor(predicate, ms = 5000, msg = "condition"){
 function describeFrames(channelOrSocket){
   const socket = channelOrSocket.socket || channelOrSocket
   const frames = (socket.frames || []).slice(-15)
-  return frames.length ? `\nlast frames received on the socket:\n${frames.map(f => "  " + JSON.stringify(f)).join("\n")}` : "\n(no frames received on the socket)"
+  const events = (socket.transportEvents || []).slice(-10)
+  return (frames.length ? `\nlast frames received on the socket:\n${frames.map(f => "  " + JSON.stringify(f)).join("\n")}` : "\n(no frames received on the socket)") +
+    (events.length ? `\ntransport events: ${events.join("; ")}` : "")
 }
 
 /**

@@ -55,7 +55,10 @@ test("LongPoll with a bad token gets 403 and never opens", {timeout: 30_000}, as
   lp.onOpen(() => { opened = true })
   lp.onError(e => errors.push(e))
   lp.connect()
-  await waitFor(() => errors.length > 0, 5000, "onError")
+  await waitFor(() => errors.length > 0, 5000,
+    "onError. phoenix.js LongPoll only understands the poll statuses 200, 204, 410, 403 and 500 (0 = no/invalid JSON); " +
+    "any other status (e.g. 401) throws \"unhandled poll status\" inside its fetch callback, which is swallowed, " +
+    "and the socket then hangs in \"connecting\" forever without error, close or retry")
   assert.deepEqual(errors, [403], "LongPoll reports status 403 as its error")
   assert.equal(opened, false)
 })
@@ -81,5 +84,24 @@ test("longPollFallbackMs falls back to LongPoll when the websocket cannot connec
   assert.equal(socket.transport, LongPoll, "socket.transport replaced by LongPoll")
   assert.ok(socket.conn instanceof LongPoll)
   const reply = await push(channel, "new_message", {content: "after fallback"})
+  assert.equal(typeof reply.id, "string")
+})
+
+test("an idle long-poll connection survives a full poll cycle (server window < phoenix.js's 20 s request timeout)", {timeout: 60_000}, async t => {
+  // phoenix.js aborts a poll after `longpollerTimeout` (default 20 000 ms, documented as
+  // "double the server long poll timer") and then treats the connection as failed
+  // (closeAndRetry → channels error and rejoin). Phoenix's server answers an idle poll
+  // with 204 after 10 s. A server window >= 20 s makes every idle long-poll client reconnect.
+  const lp = openSocket(t, server, {transport: LongPoll, token: server.token({sub: "alice"})})
+  const channel = lp.channel("chat:room:92")
+  let joins = 0
+  channel.join().receive("ok", () => { joins++ })
+  await waitFor(() => joins === 1, 5000, "join")
+  const started = Date.now()
+  await waitFor(() => Date.now() - started > 21_000 || lp.transportEvents.length > 0, 25_000, "21 s or a transport event")
+  assert.deepEqual(lp.transportEvents, [], "transport events during 21 idle seconds")
+  assert.equal(joins, 1, "no rejoin happened")
+  assert.equal(channel.state, "joined")
+  const reply = await push(channel, "new_message", {content: "still here"})
   assert.equal(typeof reply.id, "string")
 })
