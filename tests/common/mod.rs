@@ -355,3 +355,9 @@ impl PhxClient {
         assert_eq!(reply["status"], "ok");
     }
 }
+
+impl TestNode {
+    pub fn node_mut(&mut self) -> &mut Node {
+        self.node.as_mut().unwrap()
+    }
+}
