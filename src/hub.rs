@@ -66,9 +66,12 @@ impl Hub {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        match tracker.map(|t| t.cast(msg)) {
-            Some(Ok(())) => {}
-            _ => tracing::warn!("presence tracker unavailable; presence update dropped"),
+        let sent = match tracker {
+            Some(t) => t.cast(msg).is_ok(),
+            None => false,
+        };
+        if !sent {
+            tracing::warn!("presence tracker unavailable; presence update dropped");
         }
     }
 

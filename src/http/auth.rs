@@ -6,10 +6,9 @@
 //! then the `token` query parameter (phoenix.js `params`).
 
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use base64::Engine;
 
-use super::json_error;
+use super::Refusal;
 use crate::hub::Hub;
 use crate::protocols::jwt::{AuthError, Claims};
 
@@ -58,7 +57,7 @@ pub fn authenticate(
     transport: &'static str,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<Claims, Response> {
+) -> Result<Claims, Refusal> {
     let result = match find_token(headers, query_token) {
         None => Err(AuthError::Missing),
         Some(token) => hub.verifier.verify(&token),
@@ -74,7 +73,7 @@ pub fn authenticate(
             .with_label_values(&[transport, label])
             .inc();
         tracing::debug!(transport, reason = %e, "connection refused");
-        json_error(status, label, e.to_string())
+        Refusal::new(status, label, e.to_string())
     })
 }
 

@@ -115,7 +115,7 @@ pub async fn poll(
 ) -> Response {
     let vsn = match vsn_of(&hub, TRANSPORT, &query) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     match hub.longpoll.find(&query) {
         Some((token, lp)) => listen(&hub, token, lp).await,
@@ -133,11 +133,9 @@ async fn new_session(
     let claims = match authenticate(hub, TRANSPORT, headers, user_token) {
         Ok(c) => c,
         Err(refused) => {
-            let code = refused.status().as_u16();
-            return status(
-                refused.status(),
-                json!({"status": code, "reason": "invalid token"}),
-            );
+            let code = refused.status.as_u16();
+            let body = json!({"status": code, "reason": refused.reason});
+            return status(refused.status, body);
         }
     };
     if hub.is_shutting_down() {

@@ -37,13 +37,29 @@ pub fn app(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-/// A JSON error body `{error, reason}` with a status.
-pub fn json_error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": error, "reason": reason.into()})),
-    )
-        .into_response()
+/// A refused request: a status and a JSON body `{error, reason}`.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, error: &'static str, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            error,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.error, "reason": self.reason});
+        (self.status, Json(body)).into_response()
+    }
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use ractor::{Actor, ActorRef};
 
+use super::Refusal;
 use super::auth::authenticate;
-use super::json_error;
 use crate::actors::session::{Session, SessionArgs, SessionMsg};
 use crate::hub::Hub;
 use crate::protocols::jwt::Claims;
@@ -44,13 +44,13 @@ pub fn vsn_of(
     hub: &Hub,
     transport: &'static str,
     query: &[(String, String)],
-) -> Result<Vsn, Response> {
+) -> Result<Vsn, Refusal> {
     Vsn::parse(param(query, "vsn")).ok_or_else(|| {
         hub.metrics
             .connects
             .with_label_values(&[transport, "bad_request"])
             .inc();
-        json_error(
+        Refusal::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "unsupported vsn: expected 1.0.0 or 2.0.0",
@@ -66,18 +66,19 @@ pub async fn upgrade(
 ) -> Response {
     let vsn = match vsn_of(&hub, TRANSPORT, &query) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let claims = match authenticate(&hub, TRANSPORT, &headers, param(&query, "token")) {
         Ok(c) => c,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     if hub.is_shutting_down() {
-        return json_error(
+        let refusal = Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "server shutting down",
         );
+        return refusal.into_response();
     }
     hub.metrics
         .connects
