@@ -239,7 +239,8 @@ fn apply_env(
 ) -> Result<(), ConfigError> {
     let mut overrides = Vec::new();
     for (name, raw) in env {
-        if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+        // Only names with a `__` are config keys: ARMORICORE_CONFIG and friends are not.
+        if let Some(rest) = name.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) {
             let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
             if parts.len() != 2 || parts.iter().any(String::is_empty) {
                 return Err(invalid(&name, "expected ARMORICORE_<SECTION>__<KEY>"));
@@ -326,6 +327,9 @@ mod tests {
         assert!(e.to_string().starts_with("server.port:"), "{e}");
         let e = Config::load_from(None, env(&[("ARMORICORE_SOCKET__NOPE", "1")])).unwrap_err();
         assert!(e.to_string().starts_with("socket.nope: unknown key"), "{e}");
+        let e = Config::load_from(None, env(&[("ARMORICORE_SOCKET__A__B", "1")])).unwrap_err();
+        assert!(e.to_string().contains("ARMORICORE_<SECTION>__<KEY>"), "{e}");
+        assert!(Config::load_from(None, env(&[("ARMORICORE_CONFIG", "x.toml")])).is_ok());
         let e = Config::load_from(None, env(&[("PORT", "70000")])).unwrap_err();
         assert!(e.to_string().starts_with("server.port:"), "{e}");
         let e =

@@ -25,8 +25,19 @@ fn from_subprotocol(headers: &HeaderMap) -> Option<String> {
         .map(str::trim)
         .find_map(|p| p.strip_prefix(AUTH_PROTOCOL_PREFIX))
         .and_then(|encoded| {
+            // phoenix.js sends btoa(token) without padding: the standard alphabet,
+            // despite the name. Accept both alphabets.
+            let url_safe: String = encoded
+                .trim_end_matches('=')
+                .chars()
+                .map(|c| match c {
+                    '+' => '-',
+                    '/' => '_',
+                    c => c,
+                })
+                .collect();
             base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(encoded.trim_end_matches('='))
+                .decode(url_safe)
                 .ok()
         })
         .and_then(|bytes| String::from_utf8(bytes).ok())
@@ -92,6 +103,13 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(find_token(&h, Some("q")).as_deref(), Some("a.b.c"));
+        // The standard alphabet (what btoa gives) decodes too: "?>?" is "Pz4/".
+        let mut h = HeaderMap::new();
+        h.insert(
+            "sec-websocket-protocol",
+            format!("{AUTH_PROTOCOL_PREFIX}Pz4/").parse().unwrap(),
+        );
+        assert_eq!(find_token(&h, None).as_deref(), Some("?>?"));
         assert_eq!(
             find_token(&HeaderMap::new(), Some("q")).as_deref(),
             Some("q")

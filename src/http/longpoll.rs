@@ -8,31 +8,33 @@
 //! POST ?vsn=2.0.0&token=JWT&token=S    body: frames, one per line (application/x-ndjson)
 //!                                      → {"status": 200}
 //! unknown or ended session             → {"status": 410}
-//! refused token                        → {"status": 401|403, "reason": ..}
+//! refused token                        → {"status": 403, "reason": ..}
+//! bad frame in a POST                  → {"status": 400 | 413, "reason": ..}  (session ended)
 //! ```
-//! phoenix.js appends the session token after the user's params, so the last `token`
+//! Every answer is HTTP 200 with the status in the body, as Phoenix sends them:
+//! phoenix.js reads only the body. phoenix.js appends the session token after the user's params, so the last `token`
 //! naming a live session wins. A session is the same Session actor a WebSocket gets;
 //! its outbox is drained by the GETs. No request for `longpoll_idle_ms` ends it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use base64::Engine;
 use dashmap::DashMap;
 use ractor::ActorRef;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 use super::auth::authenticate;
 use super::websocket::{deliver, start_session, vsn_of};
 use crate::actors::session::SessionMsg;
 use crate::hub::Hub;
 use crate::protocols::phoenix::{self, Vsn};
-use crate::pubsub::Outbox;
 use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
+use crate::pubsub::Outbox;
 
 const TRANSPORT: &str = "longpoll";
 /// Frames returned by one poll at most.
@@ -100,12 +102,14 @@ impl Registry {
     }
 }
 
-fn status(http: StatusCode, body: Value) -> Response {
-    (http, Json(body)).into_response()
+/// Phoenix's long-poll answers are HTTP 200 with the status in the JSON body, and
+/// phoenix.js reads only the body: GETs must answer 200, 204, 410, 403 or 500.
+fn status(body: Value) -> Response {
+    Json(body).into_response()
 }
 
 fn gone() -> Response {
-    status(StatusCode::GONE, json!({"status": 410}))
+    status(json!({"status": 410}))
 }
 
 pub async fn poll(
@@ -133,18 +137,17 @@ async fn new_session(
     let claims = match authenticate(hub, TRANSPORT, headers, user_token) {
         Ok(c) => c,
         Err(refused) => {
-            let code = refused.status.as_u16();
-            let body = json!({"status": code, "reason": refused.reason});
-            return status(refused.status, body);
+            // phoenix.js understands 403 (and hangs on 401): every refusal is 403 here.
+            return status(json!({"status": 403, "reason": refused.reason}));
         }
     };
     if hub.is_shutting_down() {
-        return status(StatusCode::SERVICE_UNAVAILABLE, json!({"status": 503}));
+        return status(json!({"status": 500, "reason": "server shutting down"}));
     }
     let (outbox, rx) = outbox::channel(hub.config.socket.outbound_queue_frames);
     let Some(session) = start_session(hub, Arc::new(claims), vsn, outbox.clone(), TRANSPORT).await
     else {
-        return status(StatusCode::INTERNAL_SERVER_ERROR, json!({"status": 500}));
+        return status(json!({"status": 500}));
     };
     hub.metrics
         .connects
@@ -160,7 +163,7 @@ async fn new_session(
     });
     hub.longpoll.sessions.insert(token.clone(), lp.clone());
     tokio::spawn(reap(hub.clone(), token.clone(), lp));
-    status(StatusCode::OK, json!({"status": 410, "token": token}))
+    status(json!({"status": 410, "token": token}))
 }
 
 /// End the session once it is closed or no request came for `longpoll_idle_ms`.
@@ -182,7 +185,7 @@ async fn listen(hub: &Hub, token: String, lp: Arc<LongPollSession>) -> Response 
     let first = match tokio::time::timeout(wait, rx.recv()).await {
         Err(_) => {
             lp.touch();
-            return status(StatusCode::OK, json!({"status": 204, "token": token}));
+            return status(json!({"status": 204, "token": token}));
         }
         Ok(first) => first,
     };
@@ -203,10 +206,7 @@ async fn listen(hub: &Hub, token: String, lp: Arc<LongPollSession>) -> Response 
         }
     }
     let messages: Vec<&str> = messages.iter().map(|f| f.as_str()).collect();
-    status(
-        StatusCode::OK,
-        json!({"status": 200, "token": token, "messages": messages}),
-    )
+    status(json!({"status": 200, "token": token, "messages": messages}))
 }
 
 pub async fn publish(
@@ -227,7 +227,6 @@ pub async fn publish(
                 .inc();
             hub.longpoll.end(&token);
             return status(
-                StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"status": 413, "reason": format!("frame too large (max {max} bytes)")}),
             );
         }
@@ -239,10 +238,7 @@ pub async fn publish(
                     .with_label_values(&["malformed"])
                     .inc();
                 hub.longpoll.end(&token);
-                return status(
-                    StatusCode::BAD_REQUEST,
-                    json!({"status": 400, "reason": e.to_string()}),
-                );
+                return status(json!({"status": 400, "reason": e.to_string()}));
             }
         };
         if !deliver(&lp.session, msg).await {
@@ -250,5 +246,5 @@ pub async fn publish(
             return gone();
         }
     }
-    status(StatusCode::OK, json!({"status": 200}))
+    status(json!({"status": 200}))
 }

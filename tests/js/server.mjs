@@ -60,7 +60,13 @@ export async function startServer(opts = {}){
   })
   const proc = spawn(bin, ["serve", "--log-format", "json"], {env, stdio: ["ignore", "pipe", "pipe"]})
   const server = new Server(proc, dataDir, ownDataDir)
-  await server.listening()
+  try {
+    await server.listening()
+  } catch(e){
+    if(!server.exit && !server.spawnError){ proc.kill("SIGKILL"); await server.exited }
+    server._cleanup(false)
+    throw e
+  }
   return server
 }
 
