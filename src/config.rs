@@ -53,6 +53,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub socket: SocketConfig,
     pub channels: ChannelsConfig,
+    pub presence: PresenceConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -95,6 +96,12 @@ pub struct SocketConfig {
 #[serde(deny_unknown_fields)]
 pub struct ChannelsConfig {
     pub max_content_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    pub broadcast_period_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Map, Value, json};
@@ -49,6 +50,8 @@ pub struct StateTarget {
 }
 
 pub enum PresenceMsg {
+    /// Broadcast the diffs gathered since the last flush.
+    Flush,
     /// Track `key` in `topic` for `session`, push the topic's state to the joiner,
     /// then broadcast the join.
     Track {
@@ -79,9 +82,17 @@ pub struct PresenceArgs {
     pub table: Arc<Mutex<PresenceTable>>,
     pub pubsub: Arc<PubSub>,
     pub metrics: Arc<Metrics>,
+    /// Diffs of one topic within this period go out as one `presence_diff`
+    /// (zero: one diff per change).
+    pub broadcast_period: Duration,
 }
 
-pub type PresenceState = PresenceArgs;
+pub struct PresenceState {
+    args: PresenceArgs,
+    /// Joins and leaves per topic not yet broadcast.
+    pending: HashMap<String, (Vec<Entry>, Vec<Entry>)>,
+    flush_scheduled: bool,
+}
 
 const DIFF: &str = "presence_diff";
 
@@ -133,13 +144,45 @@ impl PresenceTable {
     }
 }
 
-impl PresenceTracker {
-    fn diff(state: &PresenceState, topic: &str, joins: &[Entry], leaves: &[Entry]) {
+impl PresenceState {
+    /// Queue a diff for `topic`, or send it now when batching is off.
+    ///
+    /// A batched diff may hold a join and a leave of the same meta; phoenix.js
+    /// applies joins before leaves, so the net effect is right. A joiner whose
+    /// `presence_state` already includes a queued change receives it again in the
+    /// diff: joins and leaves are keyed by `phx_ref`, so applying them is idempotent.
+    fn diff(
+        &mut self,
+        myself: &ActorRef<PresenceMsg>,
+        topic: &str,
+        joins: Vec<Entry>,
+        leaves: Vec<Entry>,
+    ) {
         if joins.is_empty() && leaves.is_empty() {
             return;
         }
+        if self.args.broadcast_period.is_zero() {
+            return self.broadcast(topic, &joins, &leaves);
+        }
+        let (j, l) = self.pending.entry(topic.to_string()).or_default();
+        j.extend(joins);
+        l.extend(leaves);
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            myself.send_after(self.args.broadcast_period, || PresenceMsg::Flush);
+        }
+    }
+
+    fn broadcast(&self, topic: &str, joins: &[Entry], leaves: &[Entry]) {
         let payload = json!({"joins": group(joins), "leaves": group(leaves)});
-        state.pubsub.broadcast(topic, DIFF, &payload, None);
+        self.args.pubsub.broadcast(topic, DIFF, &payload, None);
+    }
+
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        for (topic, (joins, leaves)) in std::mem::take(&mut self.pending) {
+            self.broadcast(&topic, &joins, &leaves);
+        }
     }
 }
 
@@ -153,18 +196,23 @@ impl Actor for PresenceTracker {
         _myself: ActorRef<Self::Msg>,
         args: PresenceArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
+        Ok(PresenceState {
+            args,
+            pending: HashMap::new(),
+            flush_scheduled: false,
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: PresenceMsg,
         state: &mut PresenceState,
     ) -> Result<(), ActorProcessingErr> {
-        let table = state.table.clone();
+        let table = state.args.table.clone();
         let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
         match msg {
+            PresenceMsg::Flush => state.flush(),
             PresenceMsg::Track {
                 topic,
                 session,
@@ -196,9 +244,9 @@ impl Actor for PresenceTracker {
                     &state_payload,
                 );
                 if target.outbox.push(frame).is_ok() {
-                    state.metrics.messages_out.inc();
+                    state.args.metrics.messages_out.inc();
                 }
-                Self::diff(state, &topic, &[entry], &old);
+                state.diff(&myself, &topic, vec![entry], old);
             }
             PresenceMsg::Update {
                 topic,
@@ -220,24 +268,24 @@ impl Actor for PresenceTracker {
                     e.meta.insert("phx_ref".into(), Value::String(new_ref()));
                     joins.push(e.clone());
                 }
-                Self::diff(state, &topic, &joins, &leaves);
+                state.diff(&myself, &topic, joins, leaves);
             }
             PresenceMsg::Untrack { topic, session } => {
                 let gone = table.remove(&topic, session);
-                Self::diff(state, &topic, &[], &gone);
+                state.diff(&myself, &topic, Vec::new(), gone);
             }
             PresenceMsg::UntrackSession { session } => {
                 let topics = table.by_session.get(&session).cloned().unwrap_or_default();
                 for topic in topics {
                     let gone = table.remove(&topic, session);
-                    Self::diff(state, &topic, &[], &gone);
+                    state.diff(&myself, &topic, Vec::new(), gone);
                 }
             }
             PresenceMsg::List { topic, reply } => {
                 let _ = reply.send(table.list(&topic));
             }
         }
-        state.metrics.presences.set(table.len() as i64);
+        state.args.metrics.presences.set(table.len() as i64);
         Ok(())
     }
 }
@@ -246,57 +294,61 @@ impl Actor for PresenceTracker {
 mod tests {
     use super::*;
     use crate::pubsub::Subscriber;
-    use crate::pubsub::outbox::{Outbound, channel};
+    use crate::pubsub::outbox::{Outbound, OutboxReceiver, channel};
+
+    /// A tracker, and one subscriber of "room" (session 1) to watch what it sends.
+    async fn tracker(period: Duration) -> (ActorRef<PresenceMsg>, Outbox, OutboxReceiver) {
+        let metrics = Arc::new(Metrics::new());
+        let pubsub = Arc::new(PubSub::new(metrics.clone()));
+        let (outbox, rx) = channel(16);
+        let sub = Subscriber {
+            session: 1,
+            vsn: Vsn::V2,
+            outbox: outbox.clone(),
+        };
+        pubsub.subscribe("room", sub);
+        let args = PresenceArgs {
+            table: Arc::default(),
+            pubsub,
+            metrics,
+            broadcast_period: period,
+        };
+        let (actor, _) = Actor::spawn(None, PresenceTracker, args).await.unwrap();
+        (actor, outbox, rx)
+    }
+
+    fn track(session: SessionId, key: &str, outbox: &Outbox) -> PresenceMsg {
+        let mut meta = Map::new();
+        meta.insert("status".into(), json!("online"));
+        PresenceMsg::Track {
+            topic: "room".into(),
+            session,
+            key: key.into(),
+            meta,
+            target: StateTarget {
+                outbox: outbox.clone(),
+                vsn: Vsn::V2,
+                join_ref: Some("1".into()),
+            },
+        }
+    }
+
+    async fn next(rx: &mut OutboxReceiver) -> Value {
+        match rx.recv().await {
+            Outbound::Frame(f) => serde_json::from_str(f.as_str()).unwrap(),
+            Outbound::Close(c) => panic!("{c:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn track_update_untrack() {
-        let metrics = Arc::new(Metrics::new());
-        let pubsub = Arc::new(PubSub::new(metrics.clone()));
-        let (outbox, mut rx) = channel(16);
-        pubsub.subscribe(
-            "room",
-            Subscriber {
-                session: 1,
-                vsn: Vsn::V2,
-                outbox: outbox.clone(),
-            },
-        );
-        let table = Arc::new(Mutex::new(PresenceTable::default()));
-        let (actor, handle) = Actor::spawn(
-            None,
-            PresenceTracker,
-            PresenceArgs {
-                table: table.clone(),
-                pubsub,
-                metrics,
-            },
-        )
-        .await
-        .unwrap();
-        let mut meta = Map::new();
-        meta.insert("status".into(), json!("online"));
-        actor
-            .cast(PresenceMsg::Track {
-                topic: "room".into(),
-                session: 1,
-                key: "alice".into(),
-                meta,
-                target: StateTarget {
-                    outbox,
-                    vsn: Vsn::V2,
-                    join_ref: Some("1".into()),
-                },
-            })
-            .unwrap();
-        let mut next = async || match rx.recv().await {
-            Outbound::Frame(f) => serde_json::from_str::<Value>(f.as_str()).unwrap(),
-            Outbound::Close(c) => panic!("{c:?}"),
-        };
-        let state = next().await;
+        let (actor, outbox, mut rx) = tracker(Duration::ZERO).await;
+        actor.cast(track(1, "alice", &outbox)).unwrap();
+        let state = next(&mut rx).await;
         assert_eq!(state[3], "presence_state");
         assert_eq!(state[0], "1");
         assert_eq!(state[4]["alice"]["metas"][0]["status"], "online");
-        let diff = next().await;
+        let diff = next(&mut rx).await;
         assert_eq!(diff[3], "presence_diff");
         assert_eq!(diff[0], Value::Null);
         let first_ref = diff[4]["joins"]["alice"]["metas"][0]["phx_ref"].clone();
@@ -310,7 +362,7 @@ mod tests {
                 changes,
             })
             .unwrap();
-        let diff = next().await;
+        let diff = next(&mut rx).await;
         assert_eq!(diff[4]["leaves"]["alice"]["metas"][0]["phx_ref"], first_ref);
         assert_eq!(
             diff[4]["joins"]["alice"]["metas"][0]["phx_ref_prev"],
@@ -321,7 +373,7 @@ mod tests {
         actor
             .cast(PresenceMsg::UntrackSession { session: 1 })
             .unwrap();
-        let diff = next().await;
+        let diff = next(&mut rx).await;
         assert_eq!(diff[4]["leaves"]["alice"]["metas"][0]["status"], "away");
         let listed = ractor::call!(actor, |reply| PresenceMsg::List {
             topic: "room".into(),
@@ -330,6 +382,28 @@ mod tests {
         .unwrap();
         assert_eq!(listed, json!({}));
         actor.stop(None);
-        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn changes_within_the_period_are_one_diff() {
+        let (actor, outbox, mut rx) = tracker(Duration::from_millis(50)).await;
+        let (other, _other_rx) = channel(16);
+        actor.cast(track(1, "alice", &outbox)).unwrap();
+        actor.cast(track(2, "bob", &other)).unwrap();
+        actor.cast(track(3, "carol", &other)).unwrap();
+        actor
+            .cast(PresenceMsg::Untrack {
+                topic: "room".into(),
+                session: 3,
+            })
+            .unwrap();
+        assert_eq!(next(&mut rx).await[3], "presence_state");
+        let diff = next(&mut rx).await;
+        assert_eq!(diff[3], "presence_diff");
+        let joins = diff[4]["joins"].as_object().unwrap();
+        assert_eq!(joins.len(), 3, "{diff}");
+        assert!(diff[4]["leaves"].get("carol").is_some(), "{diff}");
+        assert!(rx.try_recv().is_none(), "one diff for the whole period");
+        actor.stop(None);
     }
 }

@@ -5,8 +5,9 @@
 //! timeout, limits) and a writer task that alone writes to the socket, draining the
 //! connection's [`Outbox`] in batches (`feed` several frames, then one `flush`).
 //!
-//! Close codes: 1001 server shutting down or heartbeat timeout, 1003 binary frame,
-//! 1007 malformed frame, 1008 slow consumer, 1009 frame too large, 1011 internal error.
+//! Close codes: 1001 server shutting down or heartbeat timeout, 1002 WebSocket
+//! protocol error, 1003 binary frame, 1007 malformed frame or invalid UTF-8,
+//! 1008 slow consumer, 1009 frame too large, 1011 internal error.
 
 use std::sync::Arc;
 
@@ -159,12 +160,9 @@ async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, socket: WebSocket) {
                 break;
             }
             Err(e) => {
-                if is_too_large(&e) {
-                    hub.metrics
-                        .bad_frames
-                        .with_label_values(&["oversize"])
-                        .inc();
-                    outbox.close_now(1009, format!("frame too large (max {max} bytes)"));
+                if let Some((code, label, reason)) = read_error_close(&e, max) {
+                    hub.metrics.bad_frames.with_label_values(&[label]).inc();
+                    outbox.close_now(code, reason);
                 }
                 break;
             }
@@ -193,16 +191,33 @@ async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, socket: WebSocket) {
     let _ = writer.await;
 }
 
-/// Is this read error tungstenite's "message/frame bigger than allowed"?
-fn is_too_large(e: &axum::Error) -> bool {
+/// The close to answer a read error with: (code, metric label, reason); `None` when
+/// the connection is simply gone.
+fn read_error_close(e: &axum::Error, max: usize) -> Option<(u16, &'static str, String)> {
+    use tungstenite::Error as WsError;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match err.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => {
+                return Some((
+                    1009,
+                    "oversize",
+                    format!("frame too large (max {max} bytes)"),
+                ));
+            }
+            Some(WsError::Utf8(_)) => {
+                return Some((1007, "malformed", "text frame is not valid UTF-8".into()));
+            }
+            Some(WsError::Protocol(p)) => {
+                let mut reason = format!("protocol error: {p}");
+                reason.truncate(120);
+                return Some((1002, "protocol", reason));
+            }
+            Some(_) => return None,
+            None => source = err.source(),
         }
-        source = err.source();
     }
-    false
+    None
 }
 
 async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: OutboxReceiver) {

@@ -83,6 +83,9 @@ impl RootSupervisor {
                     table: hub.presence_table.clone(),
                     pubsub: hub.pubsub.clone(),
                     metrics: hub.metrics.clone(),
+                    broadcast_period: Duration::from_millis(
+                        hub.config.presence.broadcast_period_ms,
+                    ),
                 };
                 let (actor, _) = Actor::spawn_linked(None, PresenceTracker, args, sup).await?;
                 hub.set_presence(Some(actor.clone()));

@@ -361,3 +361,73 @@ impl TestNode {
         self.node.as_mut().unwrap()
     }
 }
+
+impl PhxClient {
+    /// Connect with a prepared handshake request (extra headers, subprotocols);
+    /// also returns the server's handshake response, to check its headers.
+    pub async fn connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<
+        (
+            PhxClient,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+        let client = PhxClient {
+            ws,
+            next_ref: 0,
+            pending: VecDeque::new(),
+        };
+        Ok((client, response))
+    }
+}
+
+/// The `armoricore_connections` series of WebSocket connections.
+pub const WS_CONNECTIONS: &str = r#"armoricore_connections{transport="websocket"}"#;
+
+/// The close frame the server ended the connection with: (code, reason).
+pub async fn close_of(c: &mut PhxClient) -> (u16, String) {
+    match c.closed().await {
+        Closed::Frame(Some(f)) => (f.code.into(), f.reason.to_string()),
+        other => panic!("expected a close frame with a code, got {other:?}"),
+    }
+}
+
+/// The node still serves: the healthy client's heartbeat is answered, its channel
+/// still delivers, a new client connects and joins, and only the healthy
+/// connection is still counted.
+pub async fn still_serving(node: &TestNode, healthy: &mut PhxClient) {
+    healthy.heartbeat().await;
+    let r = healthy
+        .push(
+            None,
+            "chat:room:1",
+            "new_message",
+            json!({"content": "still here"}),
+        )
+        .await;
+    assert_eq!(healthy.assert_reply(&r).await["status"], "ok");
+    healthy
+        .find("its own broadcast", |f| {
+            f[2] == "chat:room:1" && f[3] == "new_message" && f[4]["content"] == "still here"
+        })
+        .await;
+    {
+        let mut fresh = node.connect("carol").await;
+        fresh.join_ok("chat:room:2").await;
+        fresh.heartbeat().await;
+    }
+    eventually("only the healthy connection is left", || async {
+        node.metric(WS_CONNECTIONS).await == 1.0
+    })
+    .await;
+}
+
+/// A healthy client that joined `chat:room:1`, before anything bad happens.
+pub async fn healthy(node: &TestNode) -> PhxClient {
+    let mut c = node.connect("healthy").await;
+    c.join_ok("chat:room:1").await;
+    c
+}
