@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{http, TestNode};
-use serde_json::{json, Value};
+use common::{TestNode, http};
+use serde_json::{Value, json};
 
 struct Poller<'a> {
     node: &'a TestNode,

@@ -19,22 +19,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine;
 use dashmap::DashMap;
 use ractor::ActorRef;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::auth::authenticate;
 use super::websocket::{deliver, start_session, vsn_of};
 use crate::actors::session::SessionMsg;
 use crate::hub::Hub;
 use crate::protocols::phoenix::{self, Vsn};
-use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
 use crate::pubsub::Outbox;
+use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
 
 const TRANSPORT: &str = "longpoll";
 /// Frames returned by one poll at most.
