@@ -7,8 +7,9 @@
 # prints both results (a summary line and a JSON line each) and stops the server.
 #
 # Knobs (environment): CONNECTIONS (10000), PROCS (4), HOLD (20s), TIMEOUT (120s),
-# RATE (unset: as fast as CONCURRENCY allows), CONCURRENCY (100 attempts in flight
-# in total: past the server's listen backlog of 128, dropped SYNs add 1 s),
+# RATE (unset: as fast as CONCURRENCY allows), CONCURRENCY (attempts in flight in
+# total; past the server's listen backlog, server.listen_backlog = 4096, dropped
+# SYNs add 1 s),
 # OUT (default: a temp dir; gets server.log, idle.json, connect.json).
 set -euo pipefail
 

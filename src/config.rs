@@ -63,6 +63,7 @@ pub struct Config {
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
+    pub listen_backlog: i32,
     pub data_dir: PathBuf,
     pub shutdown_timeout_ms: u64,
 }
@@ -174,7 +175,11 @@ impl Config {
                 format!("required when auth.algorithm = {:?}", self.auth.algorithm),
             ));
         }
-        let positive: [(&str, u64); 7] = [
+        let positive: [(&str, u64); 8] = [
+            (
+                "server.listen_backlog",
+                self.server.listen_backlog.max(0) as u64,
+            ),
             ("socket.max_frame_bytes", self.socket.max_frame_bytes as u64),
             ("socket.max_channels", self.socket.max_channels as u64),
             ("socket.join_burst", self.socket.join_burst as u64),

@@ -1,6 +1,5 @@
 //! The `armoricore` binary: `serve` (default) and `token`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -94,8 +93,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let bind = format!("{}:{}", config.server.host, config.server.port);
-    let listener = TcpListener::bind(&bind).with_context(|| format!("cannot listen on {bind}"))?;
+    let (host, port) = (&config.server.host, config.server.port);
+    let listener = server::bind(host, port, config.server.listen_backlog)
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let router = Router::standard(&config);
     let mut node = Node::start(config, router, listener).await?;
     tracing::info!(addr = %node.addr(), "listening");

@@ -36,6 +36,27 @@ pub enum StartError {
     Spawn(#[from] ractor::SpawnErr),
 }
 
+/// Bind the node's listening socket with an explicit accept backlog (`std`'s
+/// `TcpListener::bind` uses 128, which drops SYNs in a reconnect storm).
+pub fn bind(host: &str, port: u16, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("no address for {host}"),
+        )
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
 /// The HS256 secret: configured, or generated once into `<data_dir>/jwt_secret` (0600).
 pub fn hs256_secret(config: &Config) -> Result<Vec<u8>, StartError> {
     if !config.auth.jwt_secret.is_empty() {

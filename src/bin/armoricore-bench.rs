@@ -79,7 +79,7 @@ pub struct CommonArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Connection attempts in flight at once, in total (split across workers); 0: no limit.
-    /// Keep it under the server's listen backlog (128 with std's `TcpListener::bind`):
+    /// Keep it under the server's listen backlog (`server.listen_backlog`, 4096):
     /// past it SYNs are dropped and those connects take 1 s more (TCP retransmit).
     #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
