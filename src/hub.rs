@@ -3,13 +3,14 @@
 //! Actors come and go (a restarted PresenceTracker has a new address); the hub is
 //! where the current address of each long-lived actor is found.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use dashmap::DashMap;
-use ractor::{ActorCell, ActorRef};
+use parking_lot::RwLock;
+use ractor::ActorCell;
 use tokio::sync::watch;
 
-use crate::actors::presence::{PresenceMsg, PresenceTable};
+use crate::actors::presence::Presence;
 use crate::channels::Router;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -30,8 +31,7 @@ pub struct Hub {
     pub router: Router,
     pub verifier: Verifier,
     /// Presence state; outlives PresenceTracker restarts.
-    pub presence_table: Arc<Mutex<PresenceTable>>,
-    presence: RwLock<Option<ActorRef<PresenceMsg>>>,
+    pub presence: Presence,
     session_supervisor: RwLock<Option<ActorCell>>,
     /// Live sessions and their outbound queues (for shutdown and queue-depth metrics).
     pub sessions: DashMap<SessionId, SessionEntry>,
@@ -43,14 +43,14 @@ pub struct Hub {
 impl Hub {
     pub fn new(config: Config, router: Router, verifier: Verifier) -> Hub {
         let metrics = Arc::new(Metrics::new());
+        let pubsub = Arc::new(PubSub::new(metrics.clone()));
         Hub {
             config: Arc::new(config),
-            pubsub: Arc::new(PubSub::new(metrics.clone())),
+            presence: Presence::new(pubsub.clone(), metrics.clone()),
+            pubsub,
             metrics,
             router,
             verifier,
-            presence_table: Arc::default(),
-            presence: RwLock::new(None),
             session_supervisor: RwLock::new(None),
             sessions: DashMap::new(),
             longpoll: Default::default(),
@@ -58,40 +58,13 @@ impl Hub {
         }
     }
 
-    /// Send a message to the current PresenceTracker. Dropped, with a warning, in the
-    /// moment between a tracker crash and its restart.
-    pub fn presence(&self, msg: PresenceMsg) {
-        let tracker = self
-            .presence
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let sent = match tracker {
-            Some(t) => t.cast(msg).is_ok(),
-            None => false,
-        };
-        if !sent {
-            tracing::warn!("presence tracker unavailable; presence update dropped");
-        }
-    }
-
-    pub(crate) fn set_presence(&self, actor: Option<ActorRef<PresenceMsg>>) {
-        *self.presence.write().unwrap_or_else(|p| p.into_inner()) = actor;
-    }
-
     /// The supervisor new sessions are linked to.
     pub fn session_supervisor(&self) -> Option<ActorCell> {
-        self.session_supervisor
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.session_supervisor.read().clone()
     }
 
     pub(crate) fn set_session_supervisor(&self, cell: Option<ActorCell>) {
-        *self
-            .session_supervisor
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = cell;
+        *self.session_supervisor.write() = cell;
     }
 
     /// Ask every part of the node to stop (SIGTERM).

@@ -197,3 +197,63 @@ async fn invalid_utf8_text_frame_closes_1007() {
     still_serving(&node, &mut ok).await;
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_long_multibyte_error_reason_is_cut_safely() {
+    // serde's message quotes the client's string: 60 two-byte characters put the
+    // 120-byte cut in the middle of one.
+    let node = TestNode::start().await;
+    let mut ok = healthy(&node).await;
+    // Both parities, so one of them lands the cut mid-character.
+    for prefix in ["", "a"] {
+        let frame = serde_json::to_string(&format!("{prefix}{}", "é".repeat(60))).unwrap();
+        let reason = send_expecting_close(&node, WsMessage::text(frame), 1007).await;
+        assert!(reason.len() <= 123, "{reason}");
+        still_serving(&node, &mut ok).await;
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_and_its_session_ends_at_once() {
+    let node = TestNode::start_with(|c| {
+        c.socket.outbound_queue_frames = 8;
+        c.socket.max_frame_bytes = 256 * 1024;
+        c.channels.max_content_chars = 200_000;
+    })
+    .await;
+    let mut sender = node.connect("sender").await;
+    sender.join_ok("comments:stream:1").await;
+    // The victim joins, then never reads again.
+    let mut victim = node.connect("victim").await;
+    victim.join_ok("comments:stream:1").await;
+    let big = "x".repeat(100_000);
+    let hub = node.node().hub().clone();
+    for _ in 0..200 {
+        let r = sender
+            .push(
+                None,
+                "comments:stream:1",
+                "new_comment",
+                json!({"content": big}),
+            )
+            .await;
+        sender.assert_reply(&r).await;
+        if hub.sessions.len() == 1 {
+            break;
+        }
+    }
+    eventually("the victim's session ended", || {
+        let hub = hub.clone();
+        async move { hub.sessions.len() == 1 && hub.pubsub.subscriber_count("comments:stream:1") == 1 }
+    })
+    .await;
+    assert!(
+        node.metric("armoricore_slow_consumer_disconnects_total")
+            .await
+            >= 1.0
+    );
+    sender.heartbeat().await;
+    drop(victim);
+    node.shutdown().await;
+}

@@ -84,7 +84,7 @@ async fn two_sockets_of_one_user_are_two_metas() {
         .await;
     assert_eq!(metas(&diff[4]["leaves"], "alice").len(), 1);
     let hub = node.node().hub().clone();
-    let table = hub.presence_table.lock().unwrap().list("presence:room:1");
+    let table = hub.presence.list("presence:room:1");
     assert_eq!(metas(&table, "alice").len(), 1);
     assert_eq!(metas(&table, "bob").len(), 1);
     tab1.heartbeat().await;

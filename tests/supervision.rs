@@ -30,7 +30,7 @@ async fn a_panicking_handler_errors_its_channel_only() {
     );
     assert_eq!(err[1], json!(crash_ref));
     assert_eq!(
-        node.metric("armoricore_actor_restarts_total{supervisor=\"session\"}")
+        node.metric("armoricore_actor_restarts_total{supervisor=\"channels\"}")
             .await,
         1.0
     );
@@ -78,7 +78,7 @@ async fn an_erroring_handler_and_a_crashing_join() {
         json!({"status": "error", "response": {"reason": "join crashed"}})
     );
     assert_eq!(
-        node.metric("armoricore_actor_restarts_total{supervisor=\"session\"}")
+        node.metric("armoricore_actor_restarts_total{supervisor=\"channels\"}")
             .await,
         2.0
     );

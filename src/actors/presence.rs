@@ -1,9 +1,11 @@
-//! PresenceTracker: who is in which topic, with Phoenix.Presence semantics.
+//! Presence with Phoenix.Presence semantics: who is in which topic.
 //!
-//! Supervised by the RootSupervisor (permanent). The table it works on is owned by
-//! the node (`Arc<Mutex<PresenceTable>>`), so a restart of the actor loses nothing.
-//! Its mailbox carries control messages only (track, untrack, update); diffs go out
-//! through PubSub's fastlane as `presence_diff` broadcasts.
+//! [`Presence`] (one per node, in the hub) holds the table and changes it
+//! synchronously, so no track or untrack is ever lost, whatever happens to an actor.
+//! The [`PresenceTracker`] actor (supervised by the RootSupervisor, permanent) only
+//! batches the resulting diffs per topic over `presence.broadcast_period_ms` and
+//! broadcasts them through PubSub's fastlane as `presence_diff`. While it restarts,
+//! diffs are broadcast directly, unbatched.
 //!
 //! ```text
 //! presence_state  {"alice": {"metas": [{"phx_ref": "..", "status": "online", ..}]}}
@@ -13,22 +15,22 @@
 //! `phx_ref_prev`, exactly as Phoenix.Presence sends it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use parking_lot::{Mutex, RwLock};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Map, Value, json};
 
 use crate::metrics::Metrics;
 use crate::protocols::phoenix::{self, Vsn};
-use crate::pubsub::{Outbox, PubSub, SessionId};
+use crate::pubsub::{Outbox, PubSub, SessionId, offer};
 
-/// The presence actor.
-pub struct PresenceTracker;
+const DIFF: &str = "presence_diff";
 
 /// One tracked presence: one channel join of one connection.
 #[derive(Debug, Clone)]
-struct Entry {
+pub struct Entry {
     session: SessionId,
     key: String,
     /// The meta as sent to clients, `phx_ref` included.
@@ -37,64 +39,11 @@ struct Entry {
 
 /// Every presence on this node, by topic.
 #[derive(Default)]
-pub struct PresenceTable {
+struct Table {
     topics: HashMap<String, Vec<Entry>>,
     by_session: HashMap<SessionId, Vec<String>>,
+    len: usize,
 }
-
-/// Where to push `presence_state` for a new join.
-pub struct StateTarget {
-    pub outbox: Outbox,
-    pub vsn: Vsn,
-    pub join_ref: Option<String>,
-}
-
-pub enum PresenceMsg {
-    /// Broadcast the diffs gathered since the last flush.
-    Flush,
-    /// Track `key` in `topic` for `session`, push the topic's state to the joiner,
-    /// then broadcast the join.
-    Track {
-        topic: String,
-        session: SessionId,
-        key: String,
-        meta: Map<String, Value>,
-        target: StateTarget,
-    },
-    /// Replace fields of the session's meta in `topic` (e.g. `status`).
-    Update {
-        topic: String,
-        session: SessionId,
-        changes: Map<String, Value>,
-    },
-    /// The session left `topic`.
-    Untrack { topic: String, session: SessionId },
-    /// The session is gone: remove it everywhere.
-    UntrackSession { session: SessionId },
-    /// The current state of a topic, as sent in `presence_state`.
-    List {
-        topic: String,
-        reply: RpcReplyPort<Value>,
-    },
-}
-
-pub struct PresenceArgs {
-    pub table: Arc<Mutex<PresenceTable>>,
-    pub pubsub: Arc<PubSub>,
-    pub metrics: Arc<Metrics>,
-    /// Diffs of one topic within this period go out as one `presence_diff`
-    /// (zero: one diff per change).
-    pub broadcast_period: Duration,
-}
-
-pub struct PresenceState {
-    args: PresenceArgs,
-    /// Joins and leaves per topic not yet broadcast.
-    pending: HashMap<String, (Vec<Entry>, Vec<Entry>)>,
-    flush_scheduled: bool,
-}
-
-const DIFF: &str = "presence_diff";
 
 fn new_ref() -> String {
     format!("F{:016x}", rand::random::<u64>())
@@ -114,13 +63,34 @@ fn group<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Value {
     Value::Object(out)
 }
 
-impl PresenceTable {
-    /// The state of one topic.
-    pub fn list(&self, topic: &str) -> Value {
+impl Table {
+    fn list(&self, topic: &str) -> Value {
         group(self.topics.get(topic).into_iter().flatten())
     }
 
+    fn insert(&mut self, topic: &str, entry: Entry) {
+        self.by_session
+            .entry(entry.session)
+            .or_default()
+            .push(topic.to_string());
+        self.topics
+            .entry(topic.to_string())
+            .or_default()
+            .push(entry);
+        self.len += 1;
+    }
+
     fn remove(&mut self, topic: &str, session: SessionId) -> Vec<Entry> {
+        let Some(topics) = self.by_session.get_mut(&session) else {
+            return Vec::new();
+        };
+        let Some(i) = topics.iter().position(|t| t == topic) else {
+            return Vec::new();
+        };
+        topics.swap_remove(i);
+        if topics.is_empty() {
+            self.by_session.remove(&session);
+        }
         let Some(entries) = self.topics.get_mut(topic) else {
             return Vec::new();
         };
@@ -130,41 +100,214 @@ impl PresenceTable {
         if entries.is_empty() {
             self.topics.remove(topic);
         }
-        if let Some(topics) = self.by_session.get_mut(&session) {
-            topics.retain(|t| t != topic);
-            if topics.is_empty() {
-                self.by_session.remove(&session);
-            }
-        }
+        self.len -= gone.len();
         gone
-    }
-
-    fn len(&self) -> usize {
-        self.topics.values().map(Vec::len).sum()
     }
 }
 
+/// Where to push `presence_state` for a new join.
+pub struct StateTarget {
+    pub outbox: Outbox,
+    pub vsn: Vsn,
+    pub join_ref: Option<String>,
+}
+
+/// The node's presence: the table, and the tracker its diffs go through.
+pub struct Presence {
+    table: Mutex<Table>,
+    tracker: RwLock<Option<ActorRef<PresenceMsg>>>,
+    pubsub: Arc<PubSub>,
+    metrics: Arc<Metrics>,
+}
+
+impl Presence {
+    pub fn new(pubsub: Arc<PubSub>, metrics: Arc<Metrics>) -> Presence {
+        Presence {
+            table: Mutex::default(),
+            tracker: RwLock::new(None),
+            pubsub,
+            metrics,
+        }
+    }
+
+    pub(crate) fn set_tracker(&self, tracker: Option<ActorRef<PresenceMsg>>) {
+        *self.tracker.write() = tracker;
+    }
+
+    /// Track `key` in `topic` for `session` with `meta` (`phx_ref` is added). The
+    /// joiner gets the topic's `presence_state` at once; everyone gets the diff.
+    pub fn track(
+        &self,
+        topic: &str,
+        session: SessionId,
+        key: &str,
+        mut meta: Map<String, Value>,
+        target: StateTarget,
+    ) {
+        meta.insert("phx_ref".into(), Value::String(new_ref()));
+        let entry = Entry {
+            session,
+            key: key.to_string(),
+            meta,
+        };
+        let (old, state) = {
+            let mut table = self.table.lock();
+            // A re-track of the same join replaces the old entry.
+            let old = table.remove(topic, session);
+            table.insert(topic, entry.clone());
+            self.metrics.presences.set(table.len as i64);
+            (old, table.list(topic))
+        };
+        let frame = phoenix::encode(
+            target.vsn,
+            target.join_ref.as_deref(),
+            None,
+            topic,
+            "presence_state",
+            &state,
+        );
+        offer(&target.outbox, frame, &self.metrics);
+        self.diff(topic, vec![entry], old);
+    }
+
+    /// Replace fields of the session's meta in `topic` (e.g. `status`).
+    pub fn update(&self, topic: &str, session: SessionId, changes: &Map<String, Value>) {
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        {
+            let mut table = self.table.lock();
+            for e in table
+                .topics
+                .get_mut(topic)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.session == session)
+            {
+                leaves.push(e.clone());
+                let prev = e.meta.get("phx_ref").cloned().unwrap_or(Value::Null);
+                for (k, v) in changes {
+                    e.meta.insert(k.clone(), v.clone());
+                }
+                e.meta.insert("phx_ref_prev".into(), prev);
+                e.meta.insert("phx_ref".into(), Value::String(new_ref()));
+                joins.push(e.clone());
+            }
+        }
+        self.diff(topic, joins, leaves);
+    }
+
+    /// The session left `topic`.
+    pub fn untrack(&self, topic: &str, session: SessionId) {
+        let gone = {
+            let mut table = self.table.lock();
+            let gone = table.remove(topic, session);
+            self.metrics.presences.set(table.len as i64);
+            gone
+        };
+        self.diff(topic, Vec::new(), gone);
+    }
+
+    /// The session is gone: remove it from every topic.
+    pub fn untrack_session(&self, session: SessionId) {
+        let diffs: Vec<(String, Vec<Entry>)> = {
+            let mut table = self.table.lock();
+            let topics = table.by_session.get(&session).cloned().unwrap_or_default();
+            let diffs = topics.into_iter().map(|t| {
+                let gone = table.remove(&t, session);
+                (t, gone)
+            });
+            let diffs = diffs.collect();
+            self.metrics.presences.set(table.len as i64);
+            diffs
+        };
+        for (topic, gone) in diffs {
+            self.diff(&topic, Vec::new(), gone);
+        }
+    }
+
+    /// The state of one topic, as sent in `presence_state`.
+    pub fn list(&self, topic: &str) -> Value {
+        self.table.lock().list(topic)
+    }
+
+    /// Hand a diff to the tracker for batching; broadcast it directly if the
+    /// tracker is restarting.
+    fn diff(&self, topic: &str, joins: Vec<Entry>, leaves: Vec<Entry>) {
+        if joins.is_empty() && leaves.is_empty() {
+            return;
+        }
+        let tracker = self.tracker.read().clone();
+        let msg = PresenceMsg::Diff {
+            topic: topic.to_string(),
+            joins,
+            leaves,
+        };
+        let unsent = match tracker {
+            Some(t) => t.cast(msg).err().and_then(|e| match e {
+                ractor::MessagingErr::SendErr(msg) => Some(msg),
+                _ => None,
+            }),
+            None => Some(msg),
+        };
+        if let Some(PresenceMsg::Diff {
+            topic,
+            joins,
+            leaves,
+        }) = unsent
+        {
+            broadcast(&self.pubsub, &topic, &joins, &leaves);
+        }
+    }
+}
+
+fn broadcast(pubsub: &PubSub, topic: &str, joins: &[Entry], leaves: &[Entry]) {
+    let payload = json!({"joins": group(joins), "leaves": group(leaves)});
+    pubsub.broadcast(topic, DIFF, &payload, None);
+}
+
+/// The presence tracker actor: batches and broadcasts diffs.
+pub struct PresenceTracker;
+
+pub enum PresenceMsg {
+    /// Changes to broadcast as (part of) a `presence_diff`.
+    Diff {
+        topic: String,
+        joins: Vec<Entry>,
+        leaves: Vec<Entry>,
+    },
+    /// Broadcast the diffs gathered since the last flush.
+    Flush,
+}
+
+pub struct PresenceArgs {
+    pub pubsub: Arc<PubSub>,
+    /// Diffs of one topic within this period go out as one `presence_diff`
+    /// (zero: one diff per change).
+    pub broadcast_period: Duration,
+}
+
+pub struct PresenceState {
+    args: PresenceArgs,
+    /// Joins and leaves per topic not yet broadcast.
+    pending: HashMap<String, (Vec<Entry>, Vec<Entry>)>,
+    flush_scheduled: bool,
+}
+
 impl PresenceState {
-    /// Queue a diff for `topic`, or send it now when batching is off.
-    ///
     /// A batched diff may hold a join and a leave of the same meta; phoenix.js
     /// applies joins before leaves, so the net effect is right. A joiner whose
     /// `presence_state` already includes a queued change receives it again in the
     /// diff: joins and leaves are keyed by `phx_ref`, so applying them is idempotent.
-    fn diff(
+    fn add(
         &mut self,
         myself: &ActorRef<PresenceMsg>,
-        topic: &str,
+        topic: String,
         joins: Vec<Entry>,
         leaves: Vec<Entry>,
     ) {
-        if joins.is_empty() && leaves.is_empty() {
-            return;
-        }
         if self.args.broadcast_period.is_zero() {
-            return self.broadcast(topic, &joins, &leaves);
+            return broadcast(&self.args.pubsub, &topic, &joins, &leaves);
         }
-        let (j, l) = self.pending.entry(topic.to_string()).or_default();
+        let (j, l) = self.pending.entry(topic).or_default();
         j.extend(joins);
         l.extend(leaves);
         if !self.flush_scheduled {
@@ -173,15 +316,10 @@ impl PresenceState {
         }
     }
 
-    fn broadcast(&self, topic: &str, joins: &[Entry], leaves: &[Entry]) {
-        let payload = json!({"joins": group(joins), "leaves": group(leaves)});
-        self.args.pubsub.broadcast(topic, DIFF, &payload, None);
-    }
-
     fn flush(&mut self) {
         self.flush_scheduled = false;
         for (topic, (joins, leaves)) in std::mem::take(&mut self.pending) {
-            self.broadcast(&topic, &joins, &leaves);
+            broadcast(&self.args.pubsub, &topic, &joins, &leaves);
         }
     }
 }
@@ -209,83 +347,24 @@ impl Actor for PresenceTracker {
         msg: PresenceMsg,
         state: &mut PresenceState,
     ) -> Result<(), ActorProcessingErr> {
-        let table = state.args.table.clone();
-        let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
         match msg {
+            PresenceMsg::Diff {
+                topic,
+                joins,
+                leaves,
+            } => state.add(&myself, topic, joins, leaves),
             PresenceMsg::Flush => state.flush(),
-            PresenceMsg::Track {
-                topic,
-                session,
-                key,
-                mut meta,
-                target,
-            } => {
-                // A re-track of the same join replaces the old entry.
-                let old = table.remove(&topic, session);
-                meta.insert("phx_ref".into(), Value::String(new_ref()));
-                let entry = Entry { session, key, meta };
-                table
-                    .topics
-                    .entry(topic.clone())
-                    .or_default()
-                    .push(entry.clone());
-                table
-                    .by_session
-                    .entry(session)
-                    .or_default()
-                    .push(topic.clone());
-                let state_payload = table.list(&topic);
-                let frame = phoenix::encode(
-                    target.vsn,
-                    target.join_ref.as_deref(),
-                    None,
-                    &topic,
-                    "presence_state",
-                    &state_payload,
-                );
-                if target.outbox.push(frame).is_ok() {
-                    state.args.metrics.messages_out.inc();
-                }
-                state.diff(&myself, &topic, vec![entry], old);
-            }
-            PresenceMsg::Update {
-                topic,
-                session,
-                changes,
-            } => {
-                let Some(entries) = table.topics.get_mut(&topic) else {
-                    return Ok(());
-                };
-                let mut joins = Vec::new();
-                let mut leaves = Vec::new();
-                for e in entries.iter_mut().filter(|e| e.session == session) {
-                    leaves.push(e.clone());
-                    let prev = e.meta.get("phx_ref").cloned().unwrap_or(Value::Null);
-                    for (k, v) in &changes {
-                        e.meta.insert(k.clone(), v.clone());
-                    }
-                    e.meta.insert("phx_ref_prev".into(), prev);
-                    e.meta.insert("phx_ref".into(), Value::String(new_ref()));
-                    joins.push(e.clone());
-                }
-                state.diff(&myself, &topic, joins, leaves);
-            }
-            PresenceMsg::Untrack { topic, session } => {
-                let gone = table.remove(&topic, session);
-                state.diff(&myself, &topic, Vec::new(), gone);
-            }
-            PresenceMsg::UntrackSession { session } => {
-                let topics = table.by_session.get(&session).cloned().unwrap_or_default();
-                for topic in topics {
-                    let gone = table.remove(&topic, session);
-                    state.diff(&myself, &topic, Vec::new(), gone);
-                }
-            }
-            PresenceMsg::List { topic, reply } => {
-                let _ = reply.send(table.list(&topic));
-            }
         }
-        state.args.metrics.presences.set(table.len() as i64);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut PresenceState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Nothing gathered is lost on a stop.
+        state.flush();
         Ok(())
     }
 }
@@ -296,8 +375,9 @@ mod tests {
     use crate::pubsub::Subscriber;
     use crate::pubsub::outbox::{Outbound, OutboxReceiver, channel};
 
-    /// A tracker, and one subscriber of "room" (session 1) to watch what it sends.
-    async fn tracker(period: Duration) -> (ActorRef<PresenceMsg>, Outbox, OutboxReceiver) {
+    /// Presence with a tracker batching over `period` (none: no tracker at all),
+    /// and one subscriber of "room" (session 1) to watch what it sends.
+    async fn presence(period: Option<Duration>) -> (Presence, Outbox, OutboxReceiver) {
         let metrics = Arc::new(Metrics::new());
         let pubsub = Arc::new(PubSub::new(metrics.clone()));
         let (outbox, rx) = channel(16);
@@ -307,29 +387,29 @@ mod tests {
             outbox: outbox.clone(),
         };
         pubsub.subscribe("room", sub);
-        let args = PresenceArgs {
-            table: Arc::default(),
-            pubsub,
-            metrics,
-            broadcast_period: period,
-        };
-        let (actor, _) = Actor::spawn(None, PresenceTracker, args).await.unwrap();
-        (actor, outbox, rx)
+        let presence = Presence::new(pubsub.clone(), metrics);
+        if let Some(broadcast_period) = period {
+            let args = PresenceArgs {
+                pubsub,
+                broadcast_period,
+            };
+            let (actor, _) = Actor::spawn(None, PresenceTracker, args).await.unwrap();
+            presence.set_tracker(Some(actor));
+        }
+        (presence, outbox, rx)
     }
 
-    fn track(session: SessionId, key: &str, outbox: &Outbox) -> PresenceMsg {
+    fn online() -> Map<String, Value> {
         let mut meta = Map::new();
         meta.insert("status".into(), json!("online"));
-        PresenceMsg::Track {
-            topic: "room".into(),
-            session,
-            key: key.into(),
-            meta,
-            target: StateTarget {
-                outbox: outbox.clone(),
-                vsn: Vsn::V2,
-                join_ref: Some("1".into()),
-            },
+        meta
+    }
+
+    fn target(outbox: &Outbox) -> StateTarget {
+        StateTarget {
+            outbox: outbox.clone(),
+            vsn: Vsn::V2,
+            join_ref: Some("1".into()),
         }
     }
 
@@ -342,8 +422,8 @@ mod tests {
 
     #[tokio::test]
     async fn track_update_untrack() {
-        let (actor, outbox, mut rx) = tracker(Duration::ZERO).await;
-        actor.cast(track(1, "alice", &outbox)).unwrap();
+        let (presence, outbox, mut rx) = presence(Some(Duration::ZERO)).await;
+        presence.track("room", 1, "alice", online(), target(&outbox));
         let state = next(&mut rx).await;
         assert_eq!(state[3], "presence_state");
         assert_eq!(state[0], "1");
@@ -355,13 +435,7 @@ mod tests {
 
         let mut changes = Map::new();
         changes.insert("status".into(), json!("away"));
-        actor
-            .cast(PresenceMsg::Update {
-                topic: "room".into(),
-                session: 1,
-                changes,
-            })
-            .unwrap();
+        presence.update("room", 1, &changes);
         let diff = next(&mut rx).await;
         assert_eq!(diff[4]["leaves"]["alice"]["metas"][0]["phx_ref"], first_ref);
         assert_eq!(
@@ -370,40 +444,37 @@ mod tests {
         );
         assert_eq!(diff[4]["joins"]["alice"]["metas"][0]["status"], "away");
 
-        actor
-            .cast(PresenceMsg::UntrackSession { session: 1 })
-            .unwrap();
+        presence.untrack_session(1);
         let diff = next(&mut rx).await;
         assert_eq!(diff[4]["leaves"]["alice"]["metas"][0]["status"], "away");
-        let listed = ractor::call!(actor, |reply| PresenceMsg::List {
-            topic: "room".into(),
-            reply
-        })
-        .unwrap();
-        assert_eq!(listed, json!({}));
-        actor.stop(None);
+        assert_eq!(presence.list("room"), json!({}));
+        assert_eq!(presence.table.lock().len, 0);
     }
 
     #[tokio::test]
     async fn changes_within_the_period_are_one_diff() {
-        let (actor, outbox, mut rx) = tracker(Duration::from_millis(50)).await;
+        let (presence, outbox, mut rx) = presence(Some(Duration::from_millis(50))).await;
         let (other, _other_rx) = channel(16);
-        actor.cast(track(1, "alice", &outbox)).unwrap();
-        actor.cast(track(2, "bob", &other)).unwrap();
-        actor.cast(track(3, "carol", &other)).unwrap();
-        actor
-            .cast(PresenceMsg::Untrack {
-                topic: "room".into(),
-                session: 3,
-            })
-            .unwrap();
+        presence.track("room", 1, "alice", online(), target(&outbox));
+        presence.track("room", 2, "bob", online(), target(&other));
+        presence.track("room", 3, "carol", online(), target(&other));
+        presence.untrack("room", 3);
         assert_eq!(next(&mut rx).await[3], "presence_state");
         let diff = next(&mut rx).await;
         assert_eq!(diff[3], "presence_diff");
-        let joins = diff[4]["joins"].as_object().unwrap();
-        assert_eq!(joins.len(), 3, "{diff}");
+        assert_eq!(diff[4]["joins"].as_object().unwrap().len(), 3, "{diff}");
         assert!(diff[4]["leaves"].get("carol").is_some(), "{diff}");
         assert!(rx.try_recv().is_none(), "one diff for the whole period");
-        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn without_a_tracker_diffs_go_out_directly() {
+        let (presence, outbox, mut rx) = presence(None).await;
+        presence.track("room", 1, "alice", online(), target(&outbox));
+        assert_eq!(next(&mut rx).await[3], "presence_state");
+        assert_eq!(next(&mut rx).await[3], "presence_diff");
+        presence.untrack("room", 1);
+        let diff = next(&mut rx).await;
+        assert!(diff[4]["leaves"].get("alice").is_some(), "{diff}");
     }
 }

@@ -19,12 +19,11 @@ use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 
-use crate::actors::presence::PresenceMsg;
 use crate::channels::{Channel, ChannelCtx, ChannelError, Reply, RouteError};
 use crate::hub::{Hub, SessionEntry};
 use crate::protocols::jwt::Claims;
 use crate::protocols::phoenix::{self, Frame, Message, Vsn, events};
-use crate::pubsub::{Outbox, PushError, SessionId, Subscriber};
+use crate::pubsub::{Outbox, SessionId, Subscriber, offer};
 
 /// The session actor.
 pub struct Session;
@@ -41,8 +40,6 @@ pub struct SessionArgs {
 pub enum SessionMsg {
     /// A decoded client frame; the port is answered once it has been handled.
     Inbound(Message, RpcReplyPort<()>),
-    /// Close the connection with this code and reason, then stop.
-    Close(u16, String),
 }
 
 struct Joined {
@@ -74,6 +71,8 @@ impl JoinBucket {
 }
 
 pub struct SessionState {
+    /// Set by `post_stop`: the session ended normally.
+    stopped: bool,
     id: SessionId,
     hub: Arc<Hub>,
     user: Arc<Claims>,
@@ -97,15 +96,7 @@ impl SessionState {
     }
 
     fn send(&self, frame: Frame) {
-        match self.outbox.push(frame) {
-            Ok(()) => self.hub.metrics.messages_out.inc(),
-            Err(PushError::Full) => {
-                self.hub.metrics.slow_consumers.inc();
-                self.outbox
-                    .close_now(1008, "slow consumer: outbound queue full");
-            }
-            Err(PushError::Closed) => {}
-        }
+        offer(&self.outbox, frame, &self.hub.metrics);
     }
 
     fn reply(&self, m: &Message, reply: Reply) {
@@ -139,10 +130,7 @@ impl SessionState {
     /// Forget a channel's subscription and presence.
     fn teardown(&self, topic: &str) {
         self.hub.pubsub.unsubscribe(topic, self.id);
-        self.hub.presence(PresenceMsg::Untrack {
-            topic: topic.to_string(),
-            session: self.id,
-        });
+        self.hub.presence.untrack(topic, self.id);
     }
 
     /// A channel failed: tell the client (`phx_error`; phoenix.js rejoins) and drop it.
@@ -154,7 +142,7 @@ impl SessionState {
             self.hub
                 .metrics
                 .restarts
-                .with_label_values(&["session"])
+                .with_label_values(&["channels"])
                 .inc();
         }
     }
@@ -247,7 +235,7 @@ impl SessionState {
                 self.hub
                     .metrics
                     .restarts
-                    .with_label_values(&["session"])
+                    .with_label_values(&["channels"])
                     .inc();
                 refused(self, "join crashed".into());
             }
@@ -338,7 +326,12 @@ impl Actor for Session {
                 transport: args.transport,
             },
         );
+        if args.hub.is_shutting_down() {
+            // Registered after shutdown closed every socket: close this one too.
+            args.outbox.close(1001, "server shutting down");
+        }
         Ok(SessionState {
+            stopped: false,
             id,
             hub: args.hub,
             user: args.user,
@@ -351,7 +344,7 @@ impl Actor for Session {
 
     async fn handle(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         msg: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
@@ -362,11 +355,6 @@ impl Actor for Session {
                 let _ = ack.send(());
                 result
             }
-            SessionMsg::Close(code, reason) => {
-                state.outbox.close(code, reason);
-                myself.stop(None);
-                Ok(())
-            }
         }
     }
 
@@ -375,14 +363,28 @@ impl Actor for Session {
         _myself: ActorRef<Self::Msg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        for topic in state.channels.keys() {
-            state.hub.pubsub.unsubscribe(topic, state.id);
-        }
-        state
-            .hub
-            .presence(PresenceMsg::UntrackSession { session: state.id });
-        state.hub.forget_session(state.id);
-        state.outbox.close(1000, "");
+        state.stopped = true;
         Ok(())
+    }
+}
+
+/// Cleanup runs when the state is dropped, which happens on every way out: a
+/// normal stop, a failure (ractor then skips `post_stop`), a kill, or a start
+/// that failed after `pre_start`.
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        for topic in self.channels.keys() {
+            self.hub.pubsub.unsubscribe(topic, self.id);
+        }
+        self.hub.presence.untrack_session(self.id);
+        self.hub.forget_session(self.id);
+        if self.hub.is_shutting_down() {
+            self.outbox.close(1001, "server shutting down");
+        } else if self.stopped {
+            // The transport ended the session: its client is gone or being closed.
+            self.outbox.close(1000, "");
+        } else {
+            self.outbox.close_now(1011, "internal error");
+        }
     }
 }

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use crate::actors::presence::{PresenceMsg, StateTarget};
+use crate::actors::presence::StateTarget;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::protocols::jwt::{Claims, topic_matches};
 use crate::protocols::phoenix::{self, Vsn};
-use crate::pubsub::{Outbox, SessionId};
+use crate::pubsub::{Outbox, SessionId, offer};
 
 /// A reply to a push: `phx_reply` with status `ok` or `error`.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,34 +75,25 @@ impl ChannelCtx<'_> {
     /// Push an event to this connection only.
     pub fn push(&self, event: &str, payload: &Value) {
         let frame = phoenix::encode(self.vsn, self.join_ref, None, self.topic, event, payload);
-        if self.outbox.push(frame).is_ok() {
-            self.hub.metrics.messages_out.inc();
-        }
+        offer(self.outbox, frame, &self.hub.metrics);
     }
 
     /// Track this connection's user in the topic's presence, with `meta`
     /// (`phx_ref` is added). The joiner receives `presence_state`, everyone a diff.
     pub fn track(&self, meta: Map<String, Value>) {
-        self.hub.presence(PresenceMsg::Track {
-            topic: self.topic.to_string(),
-            session: self.session,
-            key: self.user.user_id.clone(),
-            meta,
-            target: StateTarget {
-                outbox: self.outbox.clone(),
-                vsn: self.vsn,
-                join_ref: self.join_ref.map(str::to_string),
-            },
-        });
+        let target = StateTarget {
+            outbox: self.outbox.clone(),
+            vsn: self.vsn,
+            join_ref: self.join_ref.map(str::to_string),
+        };
+        self.hub
+            .presence
+            .track(self.topic, self.session, &self.user.user_id, meta, target);
     }
 
     /// Change fields of this connection's presence meta in the topic.
-    pub fn update_presence(&self, changes: Map<String, Value>) {
-        self.hub.presence(PresenceMsg::Update {
-            topic: self.topic.to_string(),
-            session: self.session,
-            changes,
-        });
+    pub fn update_presence(&self, changes: &Map<String, Value>) {
+        self.hub.presence.update(self.topic, self.session, changes);
     }
 }
 

@@ -146,7 +146,7 @@ impl Channel for PresenceRoom {
                     Some(s) if STATUSES.contains(&s) => {
                         let mut changes = Map::new();
                         changes.insert("status".into(), json!(s));
-                        ctx.update_presence(changes);
+                        ctx.update_presence(&changes);
                         Ok(Some(Reply::Ok(json!({}))))
                     }
                     _ => Ok(Some(Reply::error(

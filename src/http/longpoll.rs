@@ -29,10 +29,10 @@ use ractor::ActorRef;
 use serde_json::{Value, json};
 
 use super::auth::authenticate;
-use super::websocket::{deliver, start_session, vsn_of};
+use super::transport::{Received, param, receive, start_session, vsn_of};
 use crate::actors::session::SessionMsg;
 use crate::hub::Hub;
-use crate::protocols::phoenix::{self, Vsn};
+use crate::protocols::phoenix::Vsn;
 use crate::pubsub::Outbox;
 use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
 
@@ -119,7 +119,7 @@ pub async fn poll(
 ) -> Response {
     let vsn = match vsn_of(&hub, TRANSPORT, &query) {
         Ok(v) => v,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => return status(json!({"status": 400, "reason": refusal.reason})),
     };
     match hub.longpoll.find(&query) {
         Some((token, lp)) => listen(&hub, token, lp).await,
@@ -133,7 +133,7 @@ async fn new_session(
     query: &[(String, String)],
     headers: &HeaderMap,
 ) -> Response {
-    let user_token = super::websocket::param(query, "token");
+    let user_token = param(query, "token");
     let claims = match authenticate(hub, TRANSPORT, headers, user_token) {
         Ok(c) => c,
         Err(refused) => {
@@ -230,20 +230,16 @@ pub async fn publish(
                 json!({"status": 413, "reason": format!("frame too large (max {max} bytes)")}),
             );
         }
-        let msg = match phoenix::decode(lp.vsn, line) {
-            Ok(m) => m,
-            Err(e) => {
-                hub.metrics
-                    .bad_frames
-                    .with_label_values(&["malformed"])
-                    .inc();
+        match receive(&hub, &lp.session, lp.vsn, line).await {
+            Received::Handled => {}
+            Received::SessionGone => {
                 hub.longpoll.end(&token);
-                return status(json!({"status": 400, "reason": e.to_string()}));
+                return gone();
             }
-        };
-        if !deliver(&lp.session, msg).await {
-            hub.longpoll.end(&token);
-            return gone();
+            Received::Malformed(reason) => {
+                hub.longpoll.end(&token);
+                return status(json!({"status": 400, "reason": reason}));
+            }
         }
     }
     status(json!({"status": 200}))

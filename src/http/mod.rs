@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod longpoll;
+pub mod transport;
 pub mod websocket;
 
 use std::sync::Arc;

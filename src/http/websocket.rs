@@ -10,54 +10,31 @@
 //! 1008 slow consumer, 1009 frame too large, 1011 internal error.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 
 use super::Refusal;
 use super::auth::authenticate;
-use crate::actors::session::{Session, SessionArgs, SessionMsg};
+use super::transport::{Received, close_reason, param, receive, start_session, vsn_of};
+use crate::actors::session::SessionMsg;
 use crate::hub::Hub;
 use crate::protocols::jwt::Claims;
-use crate::protocols::phoenix::{self, Vsn};
+use crate::protocols::phoenix::Vsn;
 use crate::pubsub::Outbox;
 use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
 
 const TRANSPORT: &str = "websocket";
+/// How long the writer may take to flush and close once the connection ends.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 64;
-
-/// The value of a query parameter (the first one when repeated).
-pub fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    query
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// Parse `vsn`, or answer 400.
-pub fn vsn_of(
-    hub: &Hub,
-    transport: &'static str,
-    query: &[(String, String)],
-) -> Result<Vsn, Refusal> {
-    Vsn::parse(param(query, "vsn")).ok_or_else(|| {
-        hub.metrics
-            .connects
-            .with_label_values(&[transport, "bad_request"])
-            .inc();
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "unsupported vsn: expected 1.0.0 or 2.0.0",
-        )
-    })
-}
 
 pub async fn upgrade(
     State(hub): State<Arc<Hub>>,
@@ -95,100 +72,71 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(hub, Arc::new(claims), vsn, socket))
 }
 
-/// Start a Session linked to the SessionSupervisor.
-pub async fn start_session(
-    hub: &Arc<Hub>,
-    user: Arc<Claims>,
-    vsn: Vsn,
-    outbox: Outbox,
-    transport: &'static str,
-) -> Option<ActorRef<SessionMsg>> {
-    let supervisor = hub.session_supervisor()?;
-    let args = SessionArgs {
-        hub: hub.clone(),
-        user,
-        vsn,
-        outbox,
-        transport,
-    };
-    match Actor::spawn_linked(None, Session, args, supervisor).await {
-        Ok((session, _)) => Some(session),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start session");
-            None
+async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, socket: WebSocket) {
+    let (outbox, rx) = outbox::channel(hub.config.socket.outbound_queue_frames);
+    let (sink, stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(sink, rx));
+    if let Some(session) = start_session(&hub, user, vsn, outbox.clone(), TRANSPORT).await {
+        tokio::select! {
+            // The server closed the connection (slow consumer, crash, shutdown): stop
+            // reading, so the session ends now, not when the client next goes quiet.
+            _ = outbox.closed() => {}
+            _ = read_loop(&hub, &session, vsn, &outbox, stream) => {}
         }
+        session.stop(None);
+    } else {
+        outbox.close_now(1011, "cannot start session");
+    }
+    // Whatever ended the loop, make sure the writer closes the socket and ends; a
+    // peer that stops reading gets a bounded wait, then the socket is dropped.
+    outbox.close(1000, "");
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
     }
 }
 
-/// Hand a decoded frame to the session and wait until it is handled.
-/// `false` when the session is gone.
-pub async fn deliver(session: &ActorRef<SessionMsg>, msg: phoenix::Message) -> bool {
-    session
-        .call(|reply| SessionMsg::Inbound(msg, reply), None)
-        .await
-        .map(|r| r.is_success())
-        .unwrap_or(false)
-}
-
-async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, socket: WebSocket) {
-    let (outbox, rx) = outbox::channel(hub.config.socket.outbound_queue_frames);
-    let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, rx));
-    let Some(session) = start_session(&hub, user, vsn, outbox.clone(), TRANSPORT).await else {
-        outbox.close_now(1011, "cannot start session");
-        let _ = writer.await;
-        return;
-    };
+/// Read frames and hand them to the session until the client leaves or a bad
+/// frame or the heartbeat timeout closes the connection.
+async fn read_loop(
+    hub: &Hub,
+    session: &ActorRef<SessionMsg>,
+    vsn: Vsn,
+    outbox: &Outbox,
+    mut stream: SplitStream<WebSocket>,
+) {
     let heartbeat = hub.config.heartbeat_timeout();
     let max = hub.config.socket.max_frame_bytes;
     loop {
         let next = match tokio::time::timeout(heartbeat, stream.next()).await {
-            Err(_) => {
-                outbox.close(1001, "heartbeat timeout");
-                break;
-            }
-            Ok(None) => break,
+            Err(_) => return outbox.close_now(1001, "heartbeat timeout"),
+            Ok(None) => return,
             Ok(Some(next)) => next,
         };
         let text = match next {
             Ok(WsMessage::Text(text)) => text,
             Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
-            Ok(WsMessage::Close(_)) => break,
+            Ok(WsMessage::Close(_)) => return,
             Ok(WsMessage::Binary(_)) => {
                 hub.metrics.bad_frames.with_label_values(&["binary"]).inc();
-                outbox.close(1003, "binary frames are not supported");
-                break;
+                return outbox.close(1003, "binary frames are not supported");
             }
             Err(e) => {
                 if let Some((code, label, reason)) = read_error_close(&e, max) {
                     hub.metrics.bad_frames.with_label_values(&[label]).inc();
                     outbox.close_now(code, reason);
                 }
-                break;
+                return;
             }
         };
-        match phoenix::decode(vsn, &text) {
-            Ok(msg) => {
-                if !deliver(&session, msg).await {
-                    break;
-                }
-            }
-            Err(e) => {
-                hub.metrics
-                    .bad_frames
-                    .with_label_values(&["malformed"])
-                    .inc();
-                let mut reason = e.to_string();
-                reason.truncate(120); // close reasons must fit in 123 bytes
-                outbox.close(1007, reason);
-                break;
-            }
+        match receive(hub, session, vsn, &text).await {
+            Received::Handled => {}
+            Received::SessionGone => return,
+            Received::Malformed(reason) => return outbox.close(1007, reason),
         }
     }
-    session.stop(None);
-    // If the session was already gone (crashed), make sure the writer ends.
-    outbox.close(1000, "");
-    let _ = writer.await;
 }
 
 /// The close to answer a read error with: (code, metric label, reason); `None` when
@@ -209,9 +157,11 @@ fn read_error_close(e: &axum::Error, max: usize) -> Option<(u16, &'static str, S
                 return Some((1007, "malformed", "text frame is not valid UTF-8".into()));
             }
             Some(WsError::Protocol(p)) => {
-                let mut reason = format!("protocol error: {p}");
-                reason.truncate(120);
-                return Some((1002, "protocol", reason));
+                return Some((
+                    1002,
+                    "protocol",
+                    close_reason(&format!("protocol error: {p}")),
+                ));
             }
             Some(_) => return None,
             None => source = err.source(),

@@ -79,6 +79,17 @@ type V2Ref<'a> = (
     &'a Value,
 );
 
+/// A V1 frame as it appears on the wire, borrowed for encoding.
+#[derive(Serialize)]
+struct V1Ref<'a> {
+    join_ref: Option<&'a str>,
+    #[serde(rename = "ref")]
+    ref_: Option<&'a str>,
+    topic: &'a str,
+    event: &'a str,
+    payload: &'a Value,
+}
+
 /// Decode one text frame.
 pub fn decode(vsn: Vsn, text: &str) -> Result<Message, DecodeError> {
     let malformed = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
@@ -100,8 +111,8 @@ pub fn decode(vsn: Vsn, text: &str) -> Result<Message, DecodeError> {
             })
         }
         Vsn::V1 => {
+            // Extra keys are ignored, as Phoenix's V1 serializer does.
             #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
             struct V1 {
                 #[serde(default)]
                 join_ref: Option<String>,
@@ -137,13 +148,13 @@ pub fn encode(
             let frame: V2Ref = (join_ref, ref_, topic, event, payload);
             serde_json::to_string(&frame)
         }
-        Vsn::V1 => serde_json::to_string(&serde_json::json!({
-            "join_ref": join_ref,
-            "ref": ref_,
-            "topic": topic,
-            "event": event,
-            "payload": payload,
-        })),
+        Vsn::V1 => serde_json::to_string(&V1Ref {
+            join_ref,
+            ref_,
+            topic,
+            event,
+            payload,
+        }),
     };
     // Serializing a `Value` with string keys cannot fail.
     Frame::from(text.expect("JSON values always serialize"))
@@ -228,6 +239,16 @@ mod tests {
             v,
             json!({"join_ref":"1","ref":null,"topic":"t","event":"e","payload":[]})
         );
+    }
+
+    #[test]
+    fn v1_ignores_extra_keys() {
+        let m = decode(
+            Vsn::V1,
+            r#"{"topic":"t","event":"e","payload":{},"ref":"1","extra":true}"#,
+        )
+        .unwrap();
+        assert_eq!(m.topic, "t");
     }
 
     #[test]

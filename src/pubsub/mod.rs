@@ -10,14 +10,16 @@
 
 pub mod outbox;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
+use indexmap::IndexMap;
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::metrics::Metrics;
-use crate::protocols::phoenix::{Fastlane, Vsn};
+use crate::protocols::phoenix::{Fastlane, Frame, Vsn};
 pub use outbox::{Outbox, PushError};
 
 /// Identifies one connection (its Session actor).
@@ -33,9 +35,12 @@ pub struct Subscriber {
 
 #[derive(Default)]
 struct Topic {
-    subscribers: Vec<Subscriber>,
+    /// By session: O(1) join and leave, even in a topic of 100k subscribers.
+    subscribers: IndexMap<SessionId, Subscriber>,
     /// Offset of the last broadcast that asked for one.
     offset: u64,
+    /// Emptied and removed from the registry: whoever still holds it must look again.
+    dead: bool,
 }
 
 /// The node-local topic registry.
@@ -44,8 +49,28 @@ pub struct PubSub {
     metrics: Arc<Metrics>,
 }
 
-fn lock(topic: &Mutex<Topic>) -> std::sync::MutexGuard<'_, Topic> {
-    topic.lock().unwrap_or_else(|p| p.into_inner())
+/// Queue one frame; a full queue closes the connection as a slow consumer.
+/// `false` when the frame was not queued.
+fn queue(outbox: &Outbox, frame: Frame, metrics: &Metrics) -> bool {
+    match outbox.push(frame) {
+        Ok(()) => true,
+        Err(PushError::Full) => {
+            metrics.slow_consumers.inc();
+            outbox.close_now(1008, "slow consumer: outbound queue full");
+            false
+        }
+        Err(PushError::Closed) => false,
+    }
+}
+
+/// Queue one frame to one connection (a reply, a push), counted in
+/// `messages_out`; see [`queue`] for a full queue.
+pub fn offer(outbox: &Outbox, frame: Frame, metrics: &Metrics) -> bool {
+    let queued = queue(outbox, frame, metrics);
+    if queued {
+        metrics.messages_out.inc();
+    }
+    queued
 }
 
 impl PubSub {
@@ -56,44 +81,52 @@ impl PubSub {
         }
     }
 
+    /// The live topic entry, created if missing. The shard lock is released before
+    /// the caller locks the topic, so a long broadcast never blocks a shard.
+    fn topic(&self, topic: &str) -> Arc<Mutex<Topic>> {
+        if let Some(t) = self.topics.get(topic) {
+            return t.value().clone();
+        }
+        self.topics
+            .entry(Arc::from(topic))
+            .or_default()
+            .value()
+            .clone()
+    }
+
+    /// Run `f` on the live topic entry (retrying if it died meanwhile).
+    fn with_topic<R>(&self, topic: &str, mut f: impl FnMut(&mut Topic) -> R) -> R {
+        loop {
+            let t = self.topic(topic);
+            let mut guard = t.lock();
+            if !guard.dead {
+                return f(&mut guard);
+            }
+        }
+    }
+
     /// Subscribe a connection; a second subscribe of the same session replaces the first.
     pub fn subscribe(&self, topic: &str, subscriber: Subscriber) {
-        // Hold the shard lock while inserting so a concurrent unsubscribe cannot
-        // remove the topic between lookup and insert (lock order: shard, then topic).
-        let entry = self.topics.entry(Arc::from(topic)).or_default();
-        let mut t = lock(entry.value());
-        t.subscribers.retain(|s| s.session != subscriber.session);
-        t.subscribers.push(subscriber);
+        let mut subscriber = Some(subscriber);
+        self.with_topic(topic, |t| {
+            if let Some(s) = subscriber.take() {
+                t.subscribers.insert(s.session, s);
+            }
+        });
     }
 
     /// Remove a connection from a topic; the topic goes when its last subscriber does.
     pub fn unsubscribe(&self, topic: &str, session: SessionId) {
-        if let Some(t) = self.topics.get(topic).map(|e| e.value().clone()) {
-            let mut t = lock(&t);
-            if let Some(i) = t.subscribers.iter().position(|s| s.session == session) {
-                t.subscribers.swap_remove(i);
-            }
-        }
-        self.topics
-            .remove_if(topic, |_, t| lock(t).subscribers.is_empty());
-    }
-
-    /// Remove a connection from every topic (used when a session crashed and its
-    /// own record of joined topics is gone). Scans all topics: crashes are rare.
-    pub fn unsubscribe_everywhere(&self, session: SessionId) {
-        let topics: Vec<Arc<str>> = self
-            .topics
-            .iter()
-            .filter(|e| {
-                lock(e.value())
-                    .subscribers
-                    .iter()
-                    .any(|s| s.session == session)
-            })
-            .map(|e| e.key().clone())
-            .collect();
-        for topic in topics {
-            self.unsubscribe(&topic, session);
+        let Some(t) = self.topics.get(topic).map(|e| e.value().clone()) else {
+            return;
+        };
+        let mut guard = t.lock();
+        guard.subscribers.swap_remove(&session);
+        if guard.subscribers.is_empty() && !guard.dead {
+            guard.dead = true;
+            drop(guard);
+            self.topics
+                .remove_if(topic, |_, current| Arc::ptr_eq(current, &t));
         }
     }
 
@@ -108,8 +141,8 @@ impl PubSub {
         let Some(t) = self.topics.get(topic).map(|e| e.value().clone()) else {
             return 0;
         };
-        let t = lock(&t);
-        self.fan_out(&t, topic, event, payload, except)
+        let guard = t.lock();
+        self.fan_out(&guard, topic, event, payload, except)
     }
 
     /// Assign the topic's next offset, build the payload with it, and broadcast it,
@@ -120,18 +153,14 @@ impl PubSub {
         event: &str,
         payload: impl FnOnce(u64) -> Value,
     ) -> (u64, Value) {
-        let t = self
-            .topics
-            .entry(Arc::from(topic))
-            .or_default()
-            .value()
-            .clone();
-        let mut t = lock(&t);
-        t.offset += 1;
-        let offset = t.offset;
-        let payload = payload(offset);
-        self.fan_out(&t, topic, event, &payload, None);
-        (offset, payload)
+        let mut payload = Some(payload);
+        self.with_topic(topic, |t| {
+            t.offset += 1;
+            let build = payload.take().expect("the topic closure runs once");
+            let body = build(t.offset);
+            self.fan_out(t, topic, event, &body, None);
+            (t.offset, body)
+        })
     }
 
     fn fan_out(
@@ -145,20 +174,15 @@ impl PubSub {
         let started = Instant::now();
         let lane = Fastlane::new(topic, event, payload);
         let mut delivered = 0;
-        for s in &t.subscribers {
+        for s in t.subscribers.values() {
             if Some(s.session) == except {
                 continue;
             }
-            match s.outbox.push(lane.frame(s.vsn).clone()) {
-                Ok(()) => delivered += 1,
-                Err(PushError::Full) => {
-                    self.metrics.slow_consumers.inc();
-                    s.outbox
-                        .close_now(1008, "slow consumer: outbound queue full");
-                }
-                Err(PushError::Closed) => {}
+            if queue(&s.outbox, lane.frame(s.vsn).clone(), &self.metrics) {
+                delivered += 1;
             }
         }
+        // Counted once per broadcast, not once per delivery (a shared atomic).
         self.metrics.messages_out.inc_by(delivered as u64);
         self.metrics
             .fanout_seconds
@@ -171,7 +195,8 @@ impl PubSub {
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.topics
             .get(topic)
-            .map(|e| lock(e.value()).subscribers.len())
+            .map(|e| e.value().clone())
+            .map(|t| t.lock().subscribers.len())
             .unwrap_or(0)
     }
 
@@ -249,13 +274,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unsubscribe_everywhere() {
+    async fn resubscribe_after_the_topic_emptied() {
         let ps = PubSub::new(Arc::new(Metrics::new()));
-        let _a = sub(&ps, "t1", 1, Vsn::V2);
-        let _b = sub(&ps, "t2", 1, Vsn::V2);
-        let _c = sub(&ps, "t2", 2, Vsn::V2);
-        ps.unsubscribe_everywhere(1);
-        assert_eq!(ps.subscriber_count("t1"), 0);
-        assert_eq!(ps.subscriber_count("t2"), 1);
+        let _a = sub(&ps, "t", 1, Vsn::V2);
+        let held = ps.topic("t");
+        ps.unsubscribe("t", 1);
+        assert!(held.lock().dead, "an emptied topic is marked dead");
+        let mut b = sub(&ps, "t", 2, Vsn::V2);
+        assert_eq!(ps.subscriber_count("t"), 1);
+        assert_eq!(ps.broadcast("t", "e", &json!(1), None), 1);
+        assert!(matches!(b.recv().await, Outbound::Frame(_)));
     }
 }

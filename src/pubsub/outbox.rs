@@ -5,7 +5,10 @@
 //! connection is closed as a slow consumer rather than buffering without bound.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use parking_lot::Mutex;
 
 use tokio::sync::{Notify, mpsc};
 
@@ -34,10 +37,18 @@ pub enum PushError {
     Closed,
 }
 
+const OPEN: u8 = 0;
+const CLOSING: u8 = 1;
+const URGENT: u8 = 2;
+
 struct Shared {
-    /// Set once; `urgent` closes skip the frames still queued.
-    close: Mutex<Option<(Close, bool)>>,
-    notify: Notify,
+    /// OPEN, CLOSING (drain then close) or URGENT (close now): read on every push.
+    state: AtomicU8,
+    close: Mutex<Option<Close>>,
+    /// Wakes the writer (a stored permit, so a close is never missed).
+    writer: Notify,
+    /// Wakes everyone waiting in [`Outbox::closed`].
+    closed: Notify,
 }
 
 /// Producer handle; cheap to clone.
@@ -57,8 +68,10 @@ pub struct OutboxReceiver {
 pub fn channel(capacity: usize) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
+        state: AtomicU8::new(OPEN),
         close: Mutex::new(None),
-        notify: Notify::new(),
+        writer: Notify::new(),
+        closed: Notify::new(),
     });
     (
         Outbox {
@@ -72,7 +85,7 @@ pub fn channel(capacity: usize) -> (Outbox, OutboxReceiver) {
 impl Outbox {
     /// Queue a frame without waiting.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if self.is_closing() {
+        if self.shared.state.load(Ordering::Acquire) != OPEN {
             return Err(PushError::Closed);
         }
         self.tx.try_send(frame).map_err(|e| match e {
@@ -81,33 +94,48 @@ impl Outbox {
         })
     }
 
-    /// Close after the frames already queued have been written.
+    /// Close after the frames already queued have been written. The first close
+    /// wins, except that [`Outbox::close_now`] overrides a pending graceful close.
     pub fn close(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
-        self.set_close(code, reason.into(), false);
+        self.set_close(code, reason.into(), CLOSING);
     }
 
     /// Close now, dropping whatever is still queued (slow consumers, crashes).
     pub fn close_now(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
-        self.set_close(code, reason.into(), true);
+        self.set_close(code, reason.into(), URGENT);
     }
 
-    fn set_close(&self, code: u16, reason: Cow<'static, str>, urgent: bool) {
-        let mut slot = self.shared.close.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some((Close { code, reason }, urgent));
-            self.shared.notify.notify_one();
+    fn set_close(&self, code: u16, reason: Cow<'static, str>, level: u8) {
+        let mut slot = self.shared.close.lock();
+        if self.shared.state.load(Ordering::Acquire) >= level {
+            return;
         }
+        *slot = Some(Close { code, reason });
+        self.shared.state.store(level, Ordering::Release);
+        drop(slot);
+        self.shared.writer.notify_one();
+        self.shared.closed.notify_waiters();
     }
 
     /// Has a close been requested, or is the writer gone?
     pub fn is_closing(&self) -> bool {
-        self.tx.is_closed()
-            || self
-                .shared
-                .close
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
+        self.tx.is_closed() || self.shared.state.load(Ordering::Acquire) != OPEN
+    }
+
+    /// Resolves once a close has been requested (or the writer is gone).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.shared.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.state.load(Ordering::Acquire) != OPEN {
+                return;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = self.tx.closed() => return,
+            }
+        }
     }
 
     /// Frames waiting to be written.
@@ -121,46 +149,42 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    fn close_request(&self) -> Option<(Close, bool)> {
-        self.shared
-            .close
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn close_frame(&self) -> Close {
+        self.shared.close.lock().clone().unwrap_or(Close {
+            code: 1000,
+            reason: Cow::Borrowed(""),
+        })
     }
 
     /// The next thing to write: queued frames in order, then the close.
     pub async fn recv(&mut self) -> Outbound {
         loop {
-            let close = self.close_request();
-            if let Some((close, true)) = close {
-                return Outbound::Close(close);
+            let state = self.shared.state.load(Ordering::Acquire);
+            if state == URGENT {
+                return Outbound::Close(self.close_frame());
             }
             match self.rx.try_recv() {
                 Ok(frame) => return Outbound::Frame(frame),
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    return Outbound::Close(close.map(|c| c.0).unwrap_or(Close {
-                        code: 1000,
-                        reason: Cow::Borrowed(""),
-                    }));
+                    return Outbound::Close(self.close_frame());
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            if let Some((close, _)) = close {
-                return Outbound::Close(close);
+            if state == CLOSING {
+                return Outbound::Close(self.close_frame());
             }
             tokio::select! {
                 frame = self.rx.recv() => if let Some(frame) = frame {
                     return Outbound::Frame(frame);
                 },
-                _ = self.shared.notify.notified() => {}
+                _ = self.shared.writer.notified() => {}
             }
         }
     }
 
     /// A frame that is already queued, without waiting (for batching writes).
     pub fn try_recv(&mut self) -> Option<Frame> {
-        if matches!(self.close_request(), Some((_, true))) {
+        if self.shared.state.load(Ordering::Acquire) == URGENT {
             return None;
         }
         self.rx.try_recv().ok()
@@ -190,6 +214,29 @@ mod tests {
         assert_eq!(tx.push(Frame::from("c")), Err(PushError::Full));
         tx.close_now(1008, "slow consumer");
         assert!(matches!(rx.recv().await, Outbound::Close(c) if c.code == 1008));
+    }
+
+    #[tokio::test]
+    async fn urgent_close_overrides_a_graceful_one() {
+        let (tx, mut rx) = channel(4);
+        tx.push(Frame::from("a")).unwrap();
+        tx.close(1001, "shutting down");
+        tx.close_now(1008, "slow consumer");
+        tx.close(1000, "ignored");
+        assert!(matches!(rx.recv().await, Outbound::Close(c) if c.code == 1008));
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_for_every_waiter() {
+        let (tx, _rx) = channel(4);
+        let (a, b) = (tx.clone(), tx.clone());
+        let wa = tokio::spawn(async move { a.closed().await });
+        let wb = tokio::spawn(async move { b.closed().await });
+        tokio::task::yield_now().await;
+        tx.close(1000, "");
+        wa.await.unwrap();
+        wb.await.unwrap();
+        tx.closed().await; // already closed: returns at once
     }
 
     #[tokio::test]

@@ -80,15 +80,13 @@ impl RootSupervisor {
             }
             Child::Presence => {
                 let args = PresenceArgs {
-                    table: hub.presence_table.clone(),
                     pubsub: hub.pubsub.clone(),
-                    metrics: hub.metrics.clone(),
                     broadcast_period: Duration::from_millis(
                         hub.config.presence.broadcast_period_ms,
                     ),
                 };
                 let (actor, _) = Actor::spawn_linked(None, PresenceTracker, args, sup).await?;
-                hub.set_presence(Some(actor.clone()));
+                hub.presence.set_tracker(Some(actor.clone()));
                 actor.get_cell()
             }
         };
@@ -183,7 +181,7 @@ impl Actor for RootSupervisor {
                 let _ = cell.stop_and_wait(None, Some(Duration::from_secs(3))).await;
             }
         }
-        state.hub.set_presence(None);
+        state.hub.presence.set_tracker(None);
         state.hub.set_session_supervisor(None);
         myself.stop_children(None);
         Ok(())

@@ -1,10 +1,10 @@
 //! SessionSupervisor: parent of every Session actor.
 //!
 //! Supervised by the RootSupervisor (permanent). Sessions are linked to it when a
-//! connection is accepted and are `Temporary`: a failed session is cleaned up (its
-//! subscriptions and presences removed, its socket closed with 1011) and counted in
-//! `armoricore_actor_restarts_total{supervisor="sessions"}`; the client reconnects.
-//! A session that ends normally has already cleaned up after itself.
+//! connection is accepted and are `Temporary`: a failed session is not restarted.
+//! Its state's `Drop` has already removed its subscriptions and presences and closed
+//! its socket with 1011; here it is logged and counted in
+//! `armoricore_actor_restarts_total{supervisor="sessions"}`. The client reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,6 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::policy::{Exit, RestartPolicy, exit_of};
-use crate::actors::presence::PresenceMsg;
 use crate::hub::Hub;
 
 /// The restart policy of sessions.
@@ -44,15 +43,11 @@ impl Actor for SessionSupervisor {
         };
         debug_assert!(!SESSION_POLICY.restarts(&exit));
         let id = cell.get_id().pid();
+        // The session's state cleaned up after itself when it was dropped
+        // (subscriptions, presences, socket closed with 1011): count and log here.
         if let Exit::Failed(reason) = exit {
             tracing::error!(session = id, %reason, "session crashed");
             hub.metrics.restarts.with_label_values(&["sessions"]).inc();
-            // The session's post_stop did not run: clean up for it.
-            if let Some(entry) = hub.forget_session(id) {
-                entry.outbox.close_now(1011, "internal error");
-                hub.pubsub.unsubscribe_everywhere(id);
-                hub.presence(PresenceMsg::UntrackSession { session: id });
-            }
         }
         Ok(())
     }
