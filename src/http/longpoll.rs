@@ -16,7 +16,7 @@
 //! naming a live session wins. A session is the same Session actor a WebSocket gets;
 //! its outbox is drained by the GETs. No request for `longpoll_idle_ms` ends it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -25,6 +25,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use ractor::ActorRef;
 use serde_json::{Value, json};
 
@@ -51,14 +52,11 @@ pub struct LongPollSession {
 
 impl LongPollSession {
     fn touch(&self) {
-        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.last_seen.lock() = Instant::now();
     }
 
     fn idle_for(&self) -> Duration {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        self.last_seen.lock().elapsed()
     }
 }
 
