@@ -21,6 +21,8 @@ use clap::{Args, Parser, Subcommand};
 
 #[path = "armoricore-bench/coordinator.rs"]
 mod coordinator;
+#[path = "armoricore-bench/driver.rs"]
+mod driver;
 #[path = "armoricore-bench/phx.rs"]
 mod phx;
 #[path = "armoricore-bench/proto.rs"]
@@ -49,6 +51,10 @@ enum Command {
     Idle(IdleArgs),
     /// A connect + JWT + join storm: connects/s and latency from TCP connect to join reply.
     Connect(ConnectArgs),
+    /// S subscribers in one topic and one publisher at a rate: delivery latency and deliveries/s.
+    Fanout(FanoutArgs),
+    /// Many small rooms (e.g. 5,000 × 3), every member chatting: messages/s and latency.
+    Rooms(RoomsArgs),
     /// Internal: one worker process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -69,10 +75,16 @@ pub struct CommonArgs {
     /// Worker processes; worker w connects from 127.0.0.(2+w).
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
+    /// Protocol of the server under test.
+    #[arg(long, value_enum, default_value = "phoenix")]
+    pub protocol: driver::Proto,
+    /// Topics are `<prefix><room>` (Phoenix: `chat:room:` has presence, `comments:stream:` has none).
+    #[arg(long, default_value = "chat:room:")]
+    pub topic_prefix: String,
     /// Topics each connection joins (`chat:room:<n>`); 0: connect and upgrade only.
     #[arg(long, default_value_t = 1)]
     pub topics_per_conn: usize,
-    /// Distinct rooms: connection i of a worker joins `chat:room:<(i*topics_per_conn+k) % rooms>`.
+    /// Distinct rooms: connection g (global index) joins room `(g*topics_per_conn+k) % rooms`.
     #[arg(long, default_value_t = 1000)]
     pub rooms: usize,
     /// New connections per second in total (default: as fast as `--concurrency` allows).
@@ -120,6 +132,54 @@ pub struct ConnectArgs {
     pub hold: Duration,
 }
 
+/// `fanout` options.
+#[derive(Args, Clone, Debug)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Messages per second from the one publisher.
+    #[arg(long = "publish-rate", default_value_t = 10.0)]
+    pub publish_rate: f64,
+    /// Payload size in bytes (send timestamp + padding).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// How long the publisher publishes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// Search the highest deliveries/s with p99 within `--p99-ms`: runs again with
+    /// higher publish rates (doubling, then bisecting).
+    #[arg(long)]
+    pub search: bool,
+    /// The latency bound of `--search`.
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_ms: f64,
+}
+
+/// `rooms` options.
+#[derive(Args, Clone, Debug)]
+pub struct RoomsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Messages per second from each member.
+    #[arg(long, default_value_t = 0.2)]
+    pub rate_per_user: f64,
+    /// Payload size in bytes (send timestamp + padding).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// How long members chat.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+}
+
+/// The Phoenix event a topic family takes for a message.
+fn event_for(prefix: &str) -> &'static str {
+    if prefix.starts_with("comments:") {
+        "new_comment"
+    } else {
+        "new_message"
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Err(e) = sys::raise_nofile_limit() {
@@ -131,17 +191,98 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Idle(args) => {
-                let run = coordinator::run(proto::Scenario::Idle, &args.common, args.hold).await?;
+                let run =
+                    coordinator::run(proto::Scenario::Idle, &args.common, args.hold, None).await?;
                 report::print(&report::idle(&args.common, &run), args.common.json);
                 Ok(())
             }
             Command::Connect(args) => {
-                let run =
-                    coordinator::run(proto::Scenario::Connect, &args.common, args.hold).await?;
+                let run = coordinator::run(proto::Scenario::Connect, &args.common, args.hold, None)
+                    .await?;
                 report::print(&report::connect(&args.common, &run), args.common.json);
+                Ok(())
+            }
+            Command::Fanout(args) => fanout(args).await,
+            Command::Rooms(args) => {
+                let plan = coordinator::Plan {
+                    publisher_every: 1,
+                    traffic: driver::Traffic {
+                        rate_per_publisher: args.rate_per_user,
+                        event: event_for(&args.common.topic_prefix).into(),
+                        payload_bytes: args.payload_bytes,
+                    },
+                };
+                let run =
+                    coordinator::run(proto::Scenario::Rooms, &args.common, args.hold, Some(plan))
+                        .await?;
+                report::print(&report::traffic(&args.common, &run), args.common.json);
                 Ok(())
             }
             Command::Worker => worker::main().await,
         }
     })
+}
+
+/// One fan-out run at `rate`.
+async fn fanout_run(args: &FanoutArgs, rate: f64) -> anyhow::Result<coordinator::Run> {
+    let mut common = args.common.clone();
+    common.rooms = 1;
+    common.topics_per_conn = 1;
+    let plan = coordinator::Plan {
+        // Only the connection with global index 0 publishes.
+        publisher_every: common.connections.max(1),
+        traffic: driver::Traffic {
+            rate_per_publisher: rate,
+            event: event_for(&common.topic_prefix).into(),
+            payload_bytes: args.payload_bytes,
+        },
+    };
+    coordinator::run(proto::Scenario::Fanout, &common, args.hold, Some(plan)).await
+}
+
+/// `fanout`, once or searching the highest rate whose p99 stays within `--p99-ms`.
+async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    if !args.search {
+        let run = fanout_run(&args, args.publish_rate).await?;
+        report::print(&report::traffic(&args.common, &run), args.common.json);
+        return Ok(());
+    }
+    let within = |run: &coordinator::Run| {
+        // Every member of the one room receives every message (the publisher too).
+        let expected = run.published * run.ok;
+        let p99_ms = run.delivery_us.value_at_quantile(0.99) as f64 / 1000.0;
+        run.delivered > 0 && p99_ms <= args.p99_ms && run.delivered * 100 >= expected * 99
+    };
+    let (mut good, mut bad): (Option<(f64, coordinator::Run)>, Option<f64>) = (None, None);
+    let mut rate = args.publish_rate;
+    for _ in 0..8 {
+        let run = fanout_run(&args, rate).await?;
+        let ok = within(&run);
+        eprintln!("{}", report::traffic(&args.common, &run).line);
+        if ok {
+            good = Some((rate, run));
+        } else {
+            bad = Some(rate);
+        }
+        rate = match (good.as_ref().map(|g| g.0), bad) {
+            (Some(g), None) => g * 2.0,
+            (Some(g), Some(b)) if b / g > 1.15 => (g + b) / 2.0,
+            (None, Some(b)) if b > 1.0 => b / 2.0,
+            _ => break,
+        };
+    }
+    match good {
+        Some((rate, run)) => {
+            let mut report = report::traffic(&args.common, &run);
+            report.line = format!(
+                "search (p99 <= {} ms): best publish rate {rate:.0}/s | {}",
+                args.p99_ms, report.line
+            );
+            report.json["search"] =
+                serde_json::json!({"p99_ms_bound": args.p99_ms, "best_publish_rate": rate});
+            report::print(&report, args.common.json);
+        }
+        None => println!("search: no rate met p99 <= {} ms", args.p99_ms),
+    }
+    Ok(())
 }

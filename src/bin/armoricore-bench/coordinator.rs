@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::CommonArgs;
+use crate::driver::Traffic;
 use crate::proto::{self, Cmd, Event, Scenario, WorkerSpec};
 use crate::sys;
 use crate::worker::{MAX_CONNECTIONS_PER_WORKER, source_ip};
@@ -81,6 +82,12 @@ pub struct Run {
     pub closed: u64,
     /// Sum of the workers' VmRSS once joined, KiB.
     pub client_rss_kib: u64,
+    /// Messages published during the hold.
+    pub published: u64,
+    /// Timestamped messages delivered.
+    pub delivered: u64,
+    /// Delivery latency, µs.
+    pub delivery_us: Histogram<u64>,
     /// Did some phase run out of time?
     pub timed_out: bool,
 }
@@ -125,8 +132,21 @@ fn validate(args: &CommonArgs, hold: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who publishes what during the hold (fan-out, rooms); `None`: nobody.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Connection with global index g publishes when `g % publisher_every == 0`.
+    pub publisher_every: usize,
+    pub traffic: Traffic,
+}
+
 /// Run `scenario`: spawn the workers, drive the phases, gather a [`Run`].
-pub async fn run(scenario: Scenario, args: &CommonArgs, hold: Duration) -> anyhow::Result<Run> {
+pub async fn run(
+    scenario: Scenario,
+    args: &CommonArgs,
+    hold: Duration,
+    plan: Option<Plan>,
+) -> anyhow::Result<Run> {
     validate(args, hold)?;
     let started = Instant::now();
     let close_budget = (args.timeout / 4).min(Duration::from_secs(10));
@@ -137,6 +157,7 @@ pub async fn run(scenario: Scenario, args: &CommonArgs, hold: Duration) -> anyho
     let exe = std::env::current_exe().context("cannot find my own executable")?;
     let (tx, mut events) = mpsc::unbounded_channel::<(usize, Option<Event>)>();
     let mut workers = Vec::new();
+    let mut first_index = 0;
     for (index, connections) in shares(args.connections, args.procs).into_iter().enumerate() {
         let mut child = Command::new(&exe)
             .arg("worker")
@@ -163,6 +184,11 @@ pub async fn run(scenario: Scenario, args: &CommonArgs, hold: Duration) -> anyho
         let spec = WorkerSpec {
             scenario,
             index,
+            protocol: args.protocol,
+            first_index,
+            topic_prefix: args.topic_prefix.clone(),
+            publisher_every: plan.as_ref().map_or(0, |p| p.publisher_every),
+            traffic: plan.as_ref().map(|p| p.traffic.clone()),
             connections,
             url: args.url.clone(),
             secret: args.secret.clone(),
@@ -183,6 +209,7 @@ pub async fn run(scenario: Scenario, args: &CommonArgs, hold: Duration) -> anyho
         };
         worker.send(&Cmd::Start { spec }).await;
         workers.push(worker);
+        first_index += connections;
     }
     drop(tx);
 
@@ -224,6 +251,9 @@ pub async fn run(scenario: Scenario, args: &CommonArgs, hold: Duration) -> anyho
         dropped: 0,
         closed: 0,
         client_rss_kib: 0,
+        published: 0,
+        delivered: 0,
+        delivery_us: proto::new_hist(),
         timed_out: false,
     };
     let mut pending: Vec<bool> = vec![true; workers.len()];
@@ -285,7 +315,12 @@ pub async fn run(scenario: Scenario, args: &CommonArgs, hold: Duration) -> anyho
         }
     );
 
-    // Hold.
+    // Hold (with traffic, when the scenario has some).
+    if plan.is_some() {
+        for w in &mut workers {
+            w.send(&Cmd::Traffic).await;
+        }
+    }
     let hold_start = Instant::now();
     let hold_end = (hold_start + hold).min(phase_deadline);
     if hold_end < hold_start + hold {
@@ -305,11 +340,21 @@ pub async fn run(scenario: Scenario, args: &CommonArgs, hold: Duration) -> anyho
             Ok(Some((
                 _,
                 Some(Event::Done {
-                    dropped, closed, ..
+                    dropped,
+                    closed,
+                    published,
+                    delivered,
+                    delivery_us,
+                    ..
                 }),
             ))) => {
                 run.dropped += dropped;
                 run.closed += closed;
+                run.published += published;
+                run.delivered += delivered;
+                run.delivery_us
+                    .add(proto::decode_hist(&delivery_us)?)
+                    .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
             }
             Ok(Some((w, None))) => alive[w] = false,
             Ok(Some(_)) => {}

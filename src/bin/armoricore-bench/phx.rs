@@ -11,7 +11,6 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -164,50 +163,86 @@ fn join_reply(text: &str, joins: usize) -> Option<bool> {
     Some(frame.get(4)?.get("status")?.as_str()? == "ok")
 }
 
-/// How a held connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HoldEnd {
-    /// We were told to stop and closed it.
-    Stopped,
-    /// The server closed it, or it failed, first.
-    Dropped,
+/// A joined Phoenix connection, as the protocol-neutral driver uses it.
+pub struct Conn {
+    ws: Ws,
+    /// `topic → join_ref` of the joins (refs `1..=topics`).
+    joins: Vec<(String, String)>,
+    next_ref: u64,
 }
 
-/// Keep `ws` open: heartbeat every `heartbeat`, drain pushes, until `stop` turns true.
-/// `next_ref` is the first ref not used by the joins.
-pub async fn hold(
-    mut ws: Ws,
-    heartbeat: Duration,
-    mut next_ref: u64,
-    mut stop: watch::Receiver<bool>,
-) -> HoldEnd {
-    let start = tokio::time::Instant::now() + heartbeat;
-    let mut tick = tokio::time::interval_at(start, heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if *stop.borrow_and_update() {
-            close(ws).await;
-            return HoldEnd::Stopped;
-        }
-        tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() {
-                    close(ws).await;
-                    return HoldEnd::Stopped;
-                }
-            }
-            _ = tick.tick() => {
-                let frame = format!(r#"[null,"{next_ref}","phoenix","heartbeat",{{}}]"#);
-                next_ref += 1;
-                if ws.send(Message::text(frame)).await.is_err() {
-                    return HoldEnd::Dropped;
-                }
-            }
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return HoldEnd::Dropped,
+impl Conn {
+    /// Connect and join `topics` (see [`connect_and_join`]).
+    pub async fn connect(
+        target: &Target,
+        source: IpAddr,
+        token: &str,
+        topics: &[String],
+    ) -> Result<Conn, Failure> {
+        let ws = connect_and_join(target, source, token, topics).await?;
+        let joins = topics
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (t.clone(), (k + 1).to_string()))
+            .collect();
+        Ok(Conn {
+            ws,
+            joins,
+            next_ref: topics.len() as u64 + 1,
+        })
+    }
+
+    fn take_ref(&mut self) -> u64 {
+        self.next_ref += 1;
+        self.next_ref - 1
+    }
+
+    /// Push `event` with `payload` (a JSON object, already encoded) to a joined topic.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        event: &str,
+        payload: &str,
+    ) -> Result<(), Failure> {
+        let r = self.take_ref();
+        let join_ref = self
+            .joins
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, r)| r.as_str())
+            .unwrap_or("null");
+        let topic = serde_json::to_string(topic).unwrap_or_default();
+        let frame = format!(r#"["{join_ref}","{r}",{topic},"{event}",{payload}]"#);
+        self.ws
+            .send(Message::text(frame))
+            .await
+            .map_err(|_| Failure::Closed)
+    }
+
+    /// The heartbeat phoenix.js sends every 30 s.
+    pub async fn heartbeat(&mut self) -> Result<(), Failure> {
+        let r = self.take_ref();
+        let frame = format!(r#"[null,"{r}","phoenix","heartbeat",{{}}]"#);
+        self.ws
+            .send(Message::text(frame))
+            .await
+            .map_err(|_| Failure::Closed)
+    }
+
+    /// The next text frame (replies and pushes alike); `Err` when the connection ended.
+    pub async fn recv(&mut self) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes, Failure> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(Failure::Closed),
                 Some(Ok(_)) => {}
-            },
+            }
         }
+    }
+
+    /// Close politely.
+    pub async fn close(self) {
+        close(self.ws).await
     }
 }
 

@@ -29,6 +29,10 @@ pub enum Scenario {
     Idle,
     /// Connect, join as fast as allowed; latency is the product.
     Connect,
+    /// Subscribers in one topic, one publisher: delivery latency and deliveries/s.
+    Fanout,
+    /// Many small rooms, every member chatting: messages/s and latency.
+    Rooms,
 }
 
 impl Scenario {
@@ -37,6 +41,8 @@ impl Scenario {
         match self {
             Scenario::Idle => "idle",
             Scenario::Connect => "connect",
+            Scenario::Fanout => "fanout",
+            Scenario::Rooms => "rooms",
         }
     }
 }
@@ -48,6 +54,17 @@ pub struct WorkerSpec {
     pub scenario: Scenario,
     /// Worker index: source address 127.0.0.(2+index), users `u<index>-<i>`.
     pub index: usize,
+    /// Protocol of the server under test.
+    pub protocol: crate::driver::Proto,
+    /// Global index of this worker's first connection (rooms are assigned globally).
+    pub first_index: usize,
+    /// Topic names are `<topic_prefix><room>`.
+    pub topic_prefix: String,
+    /// Connection with global index g publishes when `g % publisher_every == 0`
+    /// (0: nobody publishes).
+    pub publisher_every: usize,
+    /// What publishers send once traffic is on.
+    pub traffic: Option<crate::driver::Traffic>,
     /// Connections this worker opens.
     pub connections: usize,
     /// WebSocket endpoint without `vsn`/`token`.
@@ -81,6 +98,8 @@ pub enum Cmd {
     },
     /// Start connecting.
     Go,
+    /// Start publishing.
+    Traffic,
     /// Close every connection and exit.
     Stop,
 }
@@ -117,6 +136,12 @@ pub enum Event {
         dropped: u64,
         /// Connections we closed ourselves.
         closed: u64,
+        /// Messages published.
+        published: u64,
+        /// Timestamped messages received.
+        delivered: u64,
+        /// Delivery latency, send → receive, in µs (see [`encode_hist`]).
+        delivery_us: String,
     },
 }
 

@@ -217,3 +217,38 @@ pub fn connect(args: &CommonArgs, run: &Run) -> Report {
     );
     Report { line, json }
 }
+
+/// The `fanout` and `rooms` result: deliveries/s and delivery latency.
+pub fn traffic(args: &CommonArgs, run: &Run) -> Report {
+    let secs = run.hold.as_secs_f64().max(1e-9);
+    let per_s = run.delivered as f64 / secs;
+    let mut json = common_json(args, run);
+    json["hold_s"] = json!(round(secs, 3));
+    json["published"] = json!(run.published);
+    json["delivered"] = json!(run.delivered);
+    json["deliveries_per_s"] = json!(round(per_s, 1));
+    json["published_per_s"] = json!(round(run.published as f64 / secs, 1));
+    json["delivery_latency"] = latency_json(&run.delivery_us);
+    json["server"] = json!({
+        "rss_joined_kib": run.joined.rss_kib,
+        "cpu_traffic_s": cpu_delta(run.joined.cpu_s, run.after_hold.cpu_s).map(|v| round(v, 3)),
+    });
+    let line = format!(
+        "{}: {}/{} joined over {} procs | {} published in {:.1}s, {} delivered = {:.0} deliveries/s | delivery {}{}",
+        run.scenario.name(),
+        run.ok,
+        run.requested,
+        args.procs,
+        run.published,
+        secs,
+        run.delivered,
+        per_s,
+        latency_line(&run.delivery_us),
+        if failed(run) > 0 {
+            format!(" | {} failed to join", failed(run))
+        } else {
+            String::new()
+        },
+    );
+    Report { line, json }
+}

@@ -19,7 +19,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::phx::{self, Failure, HoldEnd, Target};
+use crate::driver::{self, Conn, HoldEnd, Role, Stats};
+use crate::phx::{Failure, Target};
 use crate::proto::{self, Cmd, Event, WorkerSpec};
 use crate::sys;
 
@@ -56,16 +57,21 @@ fn mint_tokens(spec: &WorkerSpec) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-/// The topics connection `i` joins.
+/// The topics connection `i` of this worker joins: rooms are assigned by global
+/// index, so rooms have the same size whatever the number of workers.
 fn topics_for(spec: &WorkerSpec, i: usize) -> Vec<String> {
+    let g = spec.first_index + i;
     (0..spec.topics_per_conn)
         .map(|k| {
-            format!(
-                "chat:room:{}",
-                (i * spec.topics_per_conn + k) % spec.rooms.max(1)
-            )
+            let room = (g * spec.topics_per_conn + k) % spec.rooms.max(1);
+            format!("{}{room}", spec.topic_prefix)
         })
         .collect()
+}
+
+/// Does connection `i` of this worker publish?
+fn publishes(spec: &WorkerSpec, i: usize) -> bool {
+    spec.publisher_every > 0 && (spec.first_index + i) % spec.publisher_every == 0
 }
 
 /// Commands from stdin; end of input (or garbage) reads as [`Cmd::Stop`].
@@ -129,11 +135,13 @@ pub async fn main() -> anyhow::Result<()> {
         match next_cmd(&mut cmds, deadline).await {
             Cmd::Go => break,
             Cmd::Stop => return Ok(()),
-            Cmd::Start { .. } => {}
+            Cmd::Start { .. } | Cmd::Traffic => {}
         }
     }
     let go = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (traffic_tx, traffic_rx) = watch::channel(false);
+    let stats = Arc::new(Stats::new());
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let launcher = tokio::spawn(launch(Launch {
         spec: spec.clone(),
@@ -143,6 +151,8 @@ pub async fn main() -> anyhow::Result<()> {
         go,
         deadline,
         stop: stop_rx,
+        traffic_on: traffic_rx,
+        stats: stats.clone(),
         out: out_tx,
     }));
 
@@ -155,11 +165,15 @@ pub async fn main() -> anyhow::Result<()> {
                 Some(outcome) => collector.record(outcome),
                 None => break,
             },
-            cmd = next_cmd(&mut cmds, deadline) => {
-                if matches!(cmd, Cmd::Stop) {
+            cmd = next_cmd(&mut cmds, deadline) => match cmd {
+                Cmd::Stop => {
                     stopping = true;
                     break;
                 }
+                Cmd::Traffic => {
+                    let _ = traffic_tx.send(true);
+                }
+                _ => {}
             }
         }
     }
@@ -169,7 +183,13 @@ pub async fn main() -> anyhow::Result<()> {
 
     // Hold until told to stop (or the deadline), then close everything.
     while !stopping {
-        stopping = matches!(next_cmd(&mut cmds, deadline).await, Cmd::Stop);
+        match next_cmd(&mut cmds, deadline).await {
+            Cmd::Stop => stopping = true,
+            Cmd::Traffic => {
+                let _ = traffic_tx.send(true);
+            }
+            _ => {}
+        }
     }
     let _ = stop_tx.send(true);
     let grace = Instant::now() + Duration::from_secs(8);
@@ -186,10 +206,14 @@ pub async fn main() -> anyhow::Result<()> {
         }
     }
     tasks.abort_all();
+    use std::sync::atomic::Ordering::Relaxed;
     emit(&Event::Done {
         worker: spec.index,
         dropped,
         closed,
+        published: stats.published.load(Relaxed),
+        delivered: stats.delivered.load(Relaxed),
+        delivery_us: proto::encode_hist(&stats.latency_us.lock()),
     });
     Ok(())
 }
@@ -203,6 +227,8 @@ struct Launch {
     go: Instant,
     deadline: Instant,
     stop: watch::Receiver<bool>,
+    traffic_on: watch::Receiver<bool>,
+    stats: Arc<Stats>,
     out: mpsc::UnboundedSender<Result<Duration, Failure>>,
 }
 
@@ -220,7 +246,7 @@ async fn launch(l: Launch) -> (JoinSet<Option<HoldEnd>>, u64) {
     let slots = Arc::new(Semaphore::new(permits));
     let connect_timeout = Duration::from_millis(l.spec.connect_timeout_ms);
     let heartbeat = Duration::from_millis(l.spec.heartbeat_ms.max(1));
-    let next_ref = l.spec.topics_per_conn as u64 + 1;
+    let traffic = l.spec.traffic.clone().map(Arc::new);
     let mut stop = l.stop.clone();
     for (i, token) in l.tokens.into_iter().enumerate() {
         let wait = async {
@@ -237,20 +263,28 @@ async fn launch(l: Launch) -> (JoinSet<Option<HoldEnd>>, u64) {
         let Some(permit) = permit else { break };
         let target = l.target.clone();
         let topics = topics_for(&l.spec, i);
+        let role = Role {
+            publish_to: publishes(&l.spec, i)
+                .then(|| topics.first().cloned())
+                .flatten(),
+            traffic: traffic.clone(),
+            traffic_on: l.traffic_on.clone(),
+            stats: l.stats.clone(),
+        };
         let out = l.out.clone();
         let stop = l.stop.clone();
-        let (source, deadline) = (l.source, l.deadline);
+        let (source, deadline, protocol) = (l.source, l.deadline, l.spec.protocol);
         tasks.spawn(async move {
             let t0 = Instant::now();
             let limit = connect_timeout.min(deadline.saturating_duration_since(t0));
-            let attempt = phx::connect_and_join(&target, source, &token, &topics);
+            let attempt = Conn::connect(protocol, &target, source, &token, &topics);
             let result = tokio::time::timeout(limit, attempt).await;
             drop((permit, token, topics));
             match result.unwrap_or(Err(Failure::Timeout)) {
-                Ok(ws) => {
+                Ok(conn) => {
                     let _ = out.send(Ok(t0.elapsed()));
                     drop(out);
-                    Some(phx::hold(ws, heartbeat, next_ref, stop).await)
+                    Some(driver::hold(conn, heartbeat, role, stop).await)
                 }
                 Err(failure) => {
                     let _ = out.send(Err(failure));

@@ -1,0 +1,246 @@
+//! Protocol-neutral connections: what a scenario does with a client, whatever the
+//! server under test speaks (Phoenix Channels for Armoricore; Socket.IO and Pusher
+//! for the peers).
+//!
+//! A published message carries its send time (µs since the Unix epoch) so that
+//! every receiver can record the delivery latency; all processes share the
+//! machine's clock.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::phx::{self, Failure, Target};
+use crate::proto;
+
+/// The protocol of the server under test.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Proto {
+    /// Phoenix Channels V2 (Armoricore).
+    Phoenix,
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// What a connection publishes while traffic is on.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Traffic {
+    /// Messages per second from each publishing connection.
+    pub rate_per_publisher: f64,
+    /// Phoenix event pushed (`new_comment` on `comments:stream:*`, `new_message` on `chat:room:*`).
+    pub event: String,
+    /// Approximate payload size in bytes (the timestamp plus padding).
+    pub payload_bytes: usize,
+}
+
+/// Delivery counters and latency, shared by a worker's connections.
+pub struct Stats {
+    pub delivered: AtomicU64,
+    pub published: AtomicU64,
+    pub latency_us: Mutex<Histogram<u64>>,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            delivered: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            latency_us: Mutex::new(proto::new_hist()),
+        }
+    }
+
+    fn record(&self, sent_us: u64) {
+        let latency = now_us().saturating_sub(sent_us).max(1);
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.latency_us.lock().saturating_record(latency);
+    }
+}
+
+/// The content of a published message: `"<send µs> <padding>"`.
+fn content(payload_bytes: usize) -> String {
+    let stamp = now_us().to_string();
+    let pad = payload_bytes.saturating_sub(stamp.len() + 1);
+    format!("{stamp} {}", "x".repeat(pad))
+}
+
+/// The send time in a received Phoenix broadcast, found without parsing the
+/// whole frame: the digits after `"content":"`.
+fn phoenix_stamp(frame: &str) -> Option<u64> {
+    let at = frame.find(r#""content":""#)? + r#""content":""#.len();
+    let digits: &str = frame[at..].split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+/// One open, joined connection.
+pub enum Conn {
+    Phoenix(phx::Conn),
+}
+
+impl Conn {
+    /// Connect from `source`, authenticate with `token`, join `topics`.
+    pub async fn connect(
+        proto: Proto,
+        target: &Target,
+        source: IpAddr,
+        token: &str,
+        topics: &[String],
+    ) -> Result<Conn, Failure> {
+        match proto {
+            Proto::Phoenix => Ok(Conn::Phoenix(
+                phx::Conn::connect(target, source, token, topics).await?,
+            )),
+        }
+    }
+
+    async fn publish(&mut self, topic: &str, traffic: &Traffic) -> Result<(), Failure> {
+        match self {
+            Conn::Phoenix(c) => {
+                let payload =
+                    serde_json::json!({ "content": content(traffic.payload_bytes) }).to_string();
+                c.publish(topic, &traffic.event, &payload).await
+            }
+        }
+    }
+
+    /// The next message; `Some(sent_us)` for a timestamped broadcast.
+    async fn recv(&mut self) -> Result<Option<u64>, Failure> {
+        match self {
+            Conn::Phoenix(c) => {
+                let text = c.recv().await?;
+                // Replies to our own pushes carry no content; broadcasts do.
+                Ok(phoenix_stamp(text.as_str()))
+            }
+        }
+    }
+
+    async fn keepalive(&mut self) -> Result<(), Failure> {
+        match self {
+            Conn::Phoenix(c) => c.heartbeat().await,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Conn::Phoenix(c) => c.close().await,
+        }
+    }
+}
+
+/// How a held connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// We were told to stop and closed it.
+    Stopped,
+    /// The server closed it, or it failed, first.
+    Dropped,
+}
+
+/// What a held connection does besides staying alive.
+pub struct Role {
+    /// Publish to this topic while traffic is on (`None`: only receive).
+    pub publish_to: Option<String>,
+    pub traffic: Option<Arc<Traffic>>,
+    /// Turns true when traffic starts.
+    pub traffic_on: watch::Receiver<bool>,
+    pub stats: Arc<Stats>,
+}
+
+/// Keep `conn` open until `stop`: keepalive every `heartbeat`, record every
+/// timestamped delivery, and publish at the traffic rate once traffic is on.
+pub async fn hold(
+    mut conn: Conn,
+    heartbeat: Duration,
+    mut role: Role,
+    mut stop: watch::Receiver<bool>,
+) -> HoldEnd {
+    let start = tokio::time::Instant::now() + heartbeat;
+    let mut beat = tokio::time::interval_at(start, heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = role
+        .traffic
+        .as_ref()
+        .filter(|t| t.rate_per_publisher > 0.0 && role.publish_to.is_some())
+        .map(|t| Duration::from_secs_f64(1.0 / t.rate_per_publisher));
+    let mut publish: Option<tokio::time::Interval> = None;
+    let mut traffic_on = false;
+    loop {
+        if *stop.borrow_and_update() {
+            conn.close().await;
+            return HoldEnd::Stopped;
+        }
+        let publishing = traffic_on && publish.is_some();
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    conn.close().await;
+                    return HoldEnd::Stopped;
+                }
+            }
+            changed = role.traffic_on.changed(), if !traffic_on => {
+                if changed.is_ok() && *role.traffic_on.borrow() {
+                    traffic_on = true;
+                    // Start the publish clock now, not when the connection joined, at a
+                    // random phase so that thousands of publishers do not tick together.
+                    publish = period.map(|p| {
+                        let phase = p.mul_f64(rand::random::<f64>());
+                        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + phase, p);
+                        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                        i
+                    });
+                }
+            }
+            _ = async { publish.as_mut().expect("publishing").tick().await }, if publishing => {
+                let (Some(topic), Some(traffic)) = (role.publish_to.as_deref(), role.traffic.as_deref()) else {
+                    continue;
+                };
+                match conn.publish(topic, traffic).await {
+                    Ok(()) => role.stats.published.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => return HoldEnd::Dropped,
+                };
+            }
+            _ = beat.tick() => {
+                if conn.keepalive().await.is_err() {
+                    return HoldEnd::Dropped;
+                }
+            }
+            msg = conn.recv() => match msg {
+                Ok(Some(sent_us)) => role.stats.record(sent_us),
+                Ok(None) => {}
+                Err(_) => return HoldEnd::Dropped,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_found_in_phoenix_broadcasts() {
+        let frame = r#"[null,null,"comments:stream:0","new_comment",{"content":"1764201234567890 xxxx","id":"a","offset":3}]"#;
+        assert_eq!(phoenix_stamp(frame), Some(1764201234567890));
+        let reply = r#"["1","5","comments:stream:0","phx_reply",{"status":"ok","response":{"id":"a","offset":3}}]"#;
+        assert_eq!(phoenix_stamp(reply), None);
+    }
+
+    #[test]
+    fn content_has_the_requested_size() {
+        let c = content(100);
+        assert_eq!(c.len(), 100);
+        assert!(c.split(' ').next().unwrap().parse::<u64>().is_ok());
+    }
+}
