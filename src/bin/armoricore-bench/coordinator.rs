@@ -207,7 +207,11 @@ pub async fn run(
             child,
             connections,
         };
-        worker.send(&Cmd::Start { spec }).await;
+        worker
+            .send(&Cmd::Start {
+                spec: Box::new(spec),
+            })
+            .await;
         workers.push(worker);
         first_index += connections;
     }

@@ -94,7 +94,7 @@ pub enum Cmd {
     /// Prepare (mint tokens, resolve the address), then answer [`Event::Ready`].
     Start {
         /// The work.
-        spec: WorkerSpec,
+        spec: Box<WorkerSpec>,
     },
     /// Start connecting.
     Go,

@@ -71,7 +71,7 @@ fn topics_for(spec: &WorkerSpec, i: usize) -> Vec<String> {
 
 /// Does connection `i` of this worker publish?
 fn publishes(spec: &WorkerSpec, i: usize) -> bool {
-    spec.publisher_every > 0 && (spec.first_index + i) % spec.publisher_every == 0
+    spec.publisher_every > 0 && (spec.first_index + i).is_multiple_of(spec.publisher_every)
 }
 
 /// Commands from stdin; end of input (or garbage) reads as [`Cmd::Stop`].
@@ -109,7 +109,7 @@ async fn next_cmd(cmds: &mut mpsc::UnboundedReceiver<Cmd>, deadline: Instant) ->
 pub async fn main() -> anyhow::Result<()> {
     let mut cmds = read_commands();
     let spec = match cmds.recv().await {
-        Some(Cmd::Start { spec }) => spec,
+        Some(Cmd::Start { spec }) => *spec,
         _ => anyhow::bail!("worker: expected a start command on stdin"),
     };
     let deadline = Instant::now() + Duration::from_millis(spec.deadline_ms);
