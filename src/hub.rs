@@ -31,7 +31,7 @@ pub struct Hub {
     pub router: Router,
     pub verifier: Verifier,
     /// Presence state; outlives PresenceTracker restarts.
-    pub presence: Presence,
+    pub presence: Arc<Presence>,
     session_supervisor: RwLock<Option<ActorCell>>,
     /// Live sessions and their outbound queues (for shutdown and queue-depth metrics).
     pub sessions: DashMap<SessionId, SessionEntry>,
@@ -44,9 +44,14 @@ impl Hub {
     pub fn new(config: Config, router: Router, verifier: Verifier) -> Hub {
         let metrics = Arc::new(Metrics::new());
         let pubsub = Arc::new(PubSub::new(metrics.clone()));
+        let presence_period = std::time::Duration::from_millis(config.presence.broadcast_period_ms);
         Hub {
             config: Arc::new(config),
-            presence: Presence::new(pubsub.clone(), metrics.clone()),
+            presence: Arc::new(Presence::new(
+                pubsub.clone(),
+                metrics.clone(),
+                presence_period,
+            )),
             pubsub,
             metrics,
             router,

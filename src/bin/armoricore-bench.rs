@@ -27,8 +27,12 @@ mod driver;
 mod phx;
 #[path = "armoricore-bench/proto.rs"]
 mod proto;
+#[path = "armoricore-bench/pusher.rs"]
+mod pusher;
 #[path = "armoricore-bench/report.rs"]
 mod report;
+#[path = "armoricore-bench/sio.rs"]
+mod sio;
 #[path = "armoricore-bench/sys.rs"]
 mod sys;
 #[path = "armoricore-bench/worker.rs"]
@@ -55,6 +59,9 @@ enum Command {
     Fanout(FanoutArgs),
     /// Many small rooms (e.g. 5,000 × 3), every member chatting: messages/s and latency.
     Rooms(RoomsArgs),
+    /// A join storm into one presence topic (e.g. 5,000 joins in 5 s with `--rate 1000`):
+    /// time until every client's presence view lists every user.
+    Presence(PresenceArgs),
     /// Internal: one worker process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -171,6 +178,16 @@ pub struct RoomsArgs {
     pub hold: Duration,
 }
 
+/// `presence` options.
+#[derive(Args, Clone, Debug)]
+pub struct PresenceArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// How long to wait, once every connection joined, for the views to converge.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+}
+
 /// The Phoenix event a topic family takes for a message.
 fn event_for(prefix: &str) -> &'static str {
     if prefix.starts_with("comments:") {
@@ -216,6 +233,15 @@ fn main() -> anyhow::Result<()> {
                     coordinator::run(proto::Scenario::Rooms, &args.common, args.hold, Some(plan))
                         .await?;
                 report::print(&report::traffic(&args.common, &run), args.common.json);
+                Ok(())
+            }
+            Command::Presence(args) => {
+                let mut common = args.common.clone();
+                common.rooms = 1;
+                common.topics_per_conn = 1;
+                let run =
+                    coordinator::run(proto::Scenario::Presence, &common, args.hold, None).await?;
+                report::print(&report::presence(&common, &run), common.json);
                 Ok(())
             }
             Command::Worker => worker::main().await,

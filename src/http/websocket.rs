@@ -66,7 +66,9 @@ pub async fn upgrade(
     ws.protocols(["phoenix"])
         .read_buffer_size(socket.read_buffer_bytes)
         .write_buffer_size(socket.write_buffer_bytes)
-        .max_write_buffer_size(socket.write_buffer_bytes.max(1) * 64 + socket.max_frame_bytes)
+        // No max_write_buffer_size: what we send is already bounded by the outbox,
+        // and one frame bigger than that limit (a large room's presence_state)
+        // would fail the connection.
         .max_message_size(socket.max_frame_bytes)
         .max_frame_size(socket.max_frame_bytes)
         .on_upgrade(move |socket| serve(hub, Arc::new(claims), vsn, socket))

@@ -160,6 +160,35 @@ pub fn encode(
     Frame::from(text.expect("JSON values always serialize"))
 }
 
+/// Encode one message whose payload is already-encoded JSON (a cached snapshot).
+pub fn encode_raw(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    ref_: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload_json: &str,
+) -> Frame {
+    let s = |v: Option<&str>| serde_json::to_string(&v).expect("strings always serialize");
+    let text = match vsn {
+        Vsn::V2 => format!(
+            "[{},{},{},{},{payload_json}]",
+            s(join_ref),
+            s(ref_),
+            s(Some(topic)),
+            s(Some(event))
+        ),
+        Vsn::V1 => format!(
+            r#"{{"join_ref":{},"ref":{},"topic":{},"event":{},"payload":{payload_json}}}"#,
+            s(join_ref),
+            s(ref_),
+            s(Some(topic)),
+            s(Some(event))
+        ),
+    };
+    Frame::from(text)
+}
+
 /// Encode a `phx_reply` to the push `ref_`.
 pub fn reply(
     vsn: Vsn,
@@ -239,6 +268,18 @@ mod tests {
             v,
             json!({"join_ref":"1","ref":null,"topic":"t","event":"e","payload":[]})
         );
+    }
+
+    #[test]
+    fn raw_payloads_encode_like_values() {
+        let payload = json!({"a": {"metas": [1]}});
+        for vsn in [Vsn::V1, Vsn::V2] {
+            let raw = encode_raw(vsn, Some("1"), None, "t\"x", "e", &payload.to_string());
+            let value = encode(vsn, Some("1"), None, "t\"x", "e", &payload);
+            let raw: Value = serde_json::from_str(raw.as_str()).unwrap();
+            let value: Value = serde_json::from_str(value.as_str()).unwrap();
+            assert_eq!(raw, value);
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use super::policy::{Exit, Intensity, RestartPolicy, exit_of};
 use super::sessions::SessionSupervisor;
 use crate::actors::gateway::{Gateway, GatewayArgs};
-use crate::actors::presence::{PresenceArgs, PresenceTracker};
+use crate::actors::presence::PresenceTracker;
 use crate::hub::Hub;
 
 /// The root's children.
@@ -79,13 +79,8 @@ impl RootSupervisor {
                 actor.get_cell()
             }
             Child::Presence => {
-                let args = PresenceArgs {
-                    pubsub: hub.pubsub.clone(),
-                    broadcast_period: Duration::from_millis(
-                        hub.config.presence.broadcast_period_ms,
-                    ),
-                };
-                let (actor, _) = Actor::spawn_linked(None, PresenceTracker, args, sup).await?;
+                let (actor, _) =
+                    Actor::spawn_linked(None, PresenceTracker, hub.presence.clone(), sup).await?;
                 hub.presence.set_tracker(Some(actor.clone()));
                 actor.get_cell()
             }

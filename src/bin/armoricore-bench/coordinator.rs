@@ -186,6 +186,7 @@ pub async fn run(
             index,
             protocol: args.protocol,
             first_index,
+            total_connections: args.connections,
             topic_prefix: args.topic_prefix.clone(),
             publisher_every: plan.as_ref().map_or(0, |p| p.publisher_every),
             traffic: plan.as_ref().map(|p| p.traffic.clone()),

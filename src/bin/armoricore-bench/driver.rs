@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -60,6 +61,13 @@ impl Stats {
             published: AtomicU64::new(0),
             latency_us: Mutex::new(proto::new_hist()),
         }
+    }
+
+    fn record_converged(&self, took: Duration) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.latency_us
+            .lock()
+            .saturating_record(took.as_micros().max(1) as u64);
     }
 
     fn record(&self, sent_us: u64) {
@@ -116,10 +124,13 @@ impl Conn {
     }
 
     /// The next message; `Some(sent_us)` for a timestamped broadcast.
-    async fn recv(&mut self) -> Result<Option<u64>, Failure> {
+    async fn recv(&mut self, presence: Option<&mut PresenceView>) -> Result<Option<u64>, Failure> {
         match self {
             Conn::Phoenix(c) => {
                 let text = c.recv().await?;
+                if let Some(view) = presence {
+                    view.apply_phoenix(text.as_str());
+                }
                 // Replies to our own pushes carry no content; broadcasts do.
                 Ok(phoenix_stamp(text.as_str()))
             }
@@ -136,6 +147,66 @@ impl Conn {
         match self {
             Conn::Phoenix(c) => c.close().await,
         }
+    }
+}
+
+/// One client's view of a topic's presence, as phoenix.js's `Presence` keeps it
+/// (by key; every bench user has one connection, so keys are enough).
+pub struct PresenceView {
+    keys: std::collections::HashSet<String>,
+    /// Keys the view must hold to have converged.
+    expect: usize,
+    /// When the worker started connecting.
+    since: tokio::time::Instant,
+    converged: bool,
+}
+
+impl PresenceView {
+    pub fn new(expect: usize, since: tokio::time::Instant) -> PresenceView {
+        PresenceView {
+            keys: Default::default(),
+            expect,
+            since,
+            converged: false,
+        }
+    }
+
+    /// Apply a `presence_state` or `presence_diff` frame; other frames are ignored
+    /// cheaply (no parse).
+    fn apply_phoenix(&mut self, frame: &str) {
+        let is_state = frame.contains(r#","presence_state","#);
+        if !is_state && !frame.contains(r#","presence_diff","#) {
+            return;
+        }
+        // Keys only: metas are skipped unparsed (a storm's frames are large).
+        type Keys = std::collections::HashMap<String, IgnoredAny>;
+        type Frame<P> = (IgnoredAny, IgnoredAny, IgnoredAny, IgnoredAny, P);
+        if is_state {
+            if let Ok((_, _, _, _, keys)) = serde_json::from_str::<Frame<Keys>>(frame) {
+                self.keys = keys.into_keys().collect();
+            }
+        } else {
+            #[derive(Deserialize)]
+            struct Diff {
+                joins: Keys,
+                leaves: Keys,
+            }
+            if let Ok((_, _, _, _, diff)) = serde_json::from_str::<Frame<Diff>>(frame) {
+                self.keys.extend(diff.joins.into_keys());
+                for key in diff.leaves.into_keys() {
+                    self.keys.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Time from the start until this view first held every key, once.
+    fn newly_converged(&mut self) -> Option<Duration> {
+        if self.converged || self.keys.len() < self.expect {
+            return None;
+        }
+        self.converged = true;
+        Some(self.since.elapsed())
     }
 }
 
@@ -156,6 +227,8 @@ pub struct Role {
     /// Turns true when traffic starts.
     pub traffic_on: watch::Receiver<bool>,
     pub stats: Arc<Stats>,
+    /// Follow the topic's presence and record when this view converged.
+    pub presence: Option<PresenceView>,
 }
 
 /// Keep `conn` open until `stop`: keepalive every `heartbeat`, record every
@@ -216,9 +289,13 @@ pub async fn hold(
                     return HoldEnd::Dropped;
                 }
             }
-            msg = conn.recv() => match msg {
+            msg = conn.recv(role.presence.as_mut()) => match msg {
                 Ok(Some(sent_us)) => role.stats.record(sent_us),
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(took) = role.presence.as_mut().and_then(PresenceView::newly_converged) {
+                        role.stats.record_converged(took);
+                    }
+                }
                 Err(_) => return HoldEnd::Dropped,
             },
         }
@@ -235,6 +312,18 @@ mod tests {
         assert_eq!(phoenix_stamp(frame), Some(1764201234567890));
         let reply = r#"["1","5","comments:stream:0","phx_reply",{"status":"ok","response":{"id":"a","offset":3}}]"#;
         assert_eq!(phoenix_stamp(reply), None);
+    }
+
+    #[test]
+    fn presence_views_follow_state_and_diffs() {
+        let mut view = PresenceView::new(2, tokio::time::Instant::now());
+        view.apply_phoenix(r#"["1",null,"chat:room:0","presence_state",{"a":{"metas":[]}}]"#);
+        assert!(view.newly_converged().is_none());
+        view.apply_phoenix(
+            r#"[null,null,"chat:room:0","presence_diff",{"joins":{"b":{"metas":[]}},"leaves":{}}]"#,
+        );
+        assert!(view.newly_converged().is_some());
+        assert!(view.newly_converged().is_none(), "converges once");
     }
 
     #[test]

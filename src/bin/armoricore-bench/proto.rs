@@ -33,6 +33,8 @@ pub enum Scenario {
     Fanout,
     /// Many small rooms, every member chatting: messages/s and latency.
     Rooms,
+    /// A join storm into one presence topic: time until every view converged.
+    Presence,
 }
 
 impl Scenario {
@@ -43,6 +45,7 @@ impl Scenario {
             Scenario::Connect => "connect",
             Scenario::Fanout => "fanout",
             Scenario::Rooms => "rooms",
+            Scenario::Presence => "presence",
         }
     }
 }
@@ -58,6 +61,8 @@ pub struct WorkerSpec {
     pub protocol: crate::driver::Proto,
     /// Global index of this worker's first connection (rooms are assigned globally).
     pub first_index: usize,
+    /// Connections across all workers.
+    pub total_connections: usize,
     /// Topic names are `<topic_prefix><room>`.
     pub topic_prefix: String,
     /// Connection with global index g publishes when `g % publisher_every == 0`

@@ -252,3 +252,27 @@ pub fn traffic(args: &CommonArgs, run: &Run) -> Report {
     );
     Report { line, json }
 }
+
+/// The `presence` result: how long until every client's view listed every user.
+pub fn presence(args: &CommonArgs, run: &Run) -> Report {
+    let converged = run.delivered;
+    let mut json = common_json(args, run);
+    json["converged"] = json!(converged);
+    json["convergence"] = latency_json(&run.delivery_us);
+    let all = if run.delivery_us.is_empty() {
+        "none".to_string()
+    } else {
+        format!("{:.2}s", run.delivery_us.max() as f64 / 1e6)
+    };
+    let line = format!(
+        "presence: {}/{} joined over {} procs in {:.2}s | {converged}/{} views converged; all converged after {all} \
+         (from the first connect; median view {:.2}s)",
+        run.ok,
+        run.requested,
+        args.procs,
+        run.storm.as_secs_f64(),
+        run.ok,
+        run.delivery_us.value_at_quantile(0.5) as f64 / 1e6,
+    );
+    Report { line, json }
+}

@@ -19,9 +19,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::driver::{self, Conn, HoldEnd, Role, Stats};
+use crate::driver::{self, Conn, HoldEnd, PresenceView, Role, Stats};
 use crate::phx::{Failure, Target};
-use crate::proto::{self, Cmd, Event, WorkerSpec};
+use crate::proto::{self, Cmd, Event, Scenario, WorkerSpec};
 use crate::sys;
 
 /// Sockets one worker may hold: the open-file limit here is 20,000 per process.
@@ -270,6 +270,8 @@ async fn launch(l: Launch) -> (JoinSet<Option<HoldEnd>>, u64) {
             traffic: traffic.clone(),
             traffic_on: l.traffic_on.clone(),
             stats: l.stats.clone(),
+            presence: (l.spec.scenario == Scenario::Presence)
+                .then(|| PresenceView::new(l.spec.total_connections, l.go)),
         };
         let out = l.out.clone();
         let stop = l.stop.clone();
