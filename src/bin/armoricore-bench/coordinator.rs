@@ -193,6 +193,7 @@ pub async fn run(
             connections,
             url: args.url.clone(),
             secret: args.secret.clone(),
+            pusher_key: args.pusher_key.clone(),
             topics_per_conn: args.topics_per_conn,
             rooms: args.rooms,
             rate_per_s: args.rate.map(|r| r / args.procs as f64),

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::phx::{self, Failure, Target};
 use crate::proto;
+use crate::{pusher, sio};
 
 /// The protocol of the server under test.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,6 +27,24 @@ use crate::proto;
 pub enum Proto {
     /// Phoenix Channels V2 (Armoricore).
     Phoenix,
+    /// Socket.IO v4 over WebSocket (the Node.js peer in benches/peers/socketio).
+    #[value(name = "socketio")]
+    #[serde(rename = "socketio")]
+    SocketIo,
+    /// The Pusher protocol (Sockudo): `--secret` is the app secret, `--pusher-key`
+    /// the app key; rooms are `private-` channels, messages client events.
+    Pusher,
+}
+
+impl Proto {
+    /// Deliveries one publish makes in a room of `members`: Pusher never sends a
+    /// client event back to its sender.
+    pub fn deliveries_per_publish(self, members: u64) -> u64 {
+        match self {
+            Proto::Pusher => members.saturating_sub(1),
+            Proto::Phoenix | Proto::SocketIo => members,
+        }
+    }
 }
 
 /// Microseconds since the Unix epoch.
@@ -92,24 +111,47 @@ fn phoenix_stamp(frame: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The send time in a received message whose payload is `{"content": "<µs> ..."}`.
+fn content_stamp(payload: &serde_json::Value) -> Option<u64> {
+    let content = payload.get("content")?.as_str()?;
+    content.split(' ').next()?.parse().ok()
+}
+
 /// One open, joined connection.
 pub enum Conn {
     Phoenix(phx::Conn),
+    SocketIo(sio::Conn),
+    Pusher(Box<pusher::Conn>),
 }
 
 impl Conn {
-    /// Connect from `source`, authenticate with `token`, join `topics`.
+    /// Connect from `source`, authenticate with `token` (Pusher: with `app`), join `topics`.
     pub async fn connect(
         proto: Proto,
         target: &Target,
         source: IpAddr,
         token: &str,
+        app: &pusher::App,
         topics: &[String],
     ) -> Result<Conn, Failure> {
         match proto {
             Proto::Phoenix => Ok(Conn::Phoenix(
                 phx::Conn::connect(target, source, token, topics).await?,
             )),
+            Proto::SocketIo => {
+                let mut c = sio::Conn::connect(target, source, token).await?;
+                for topic in topics {
+                    c.join(topic).await?;
+                }
+                Ok(Conn::SocketIo(c))
+            }
+            Proto::Pusher => {
+                let mut c = pusher::Conn::connect(target, source, app).await?;
+                for topic in topics {
+                    c.join(topic).await?;
+                }
+                Ok(Conn::Pusher(Box::new(c)))
+            }
         }
     }
 
@@ -119,6 +161,14 @@ impl Conn {
                 let payload =
                     serde_json::json!({ "content": content(traffic.payload_bytes) }).to_string();
                 c.publish(topic, &traffic.event, &payload).await
+            }
+            Conn::SocketIo(c) => {
+                let payload = serde_json::json!({ "content": content(traffic.payload_bytes) });
+                c.publish(topic, &payload).await
+            }
+            Conn::Pusher(c) => {
+                let payload = serde_json::json!({ "content": content(traffic.payload_bytes) });
+                c.publish(topic, &payload).await
             }
         }
     }
@@ -134,18 +184,35 @@ impl Conn {
                 // Replies to our own pushes carry no content; broadcasts do.
                 Ok(phoenix_stamp(text.as_str()))
             }
+            Conn::SocketIo(c) => {
+                let (_event, payload) = c.recv().await?;
+                Ok(content_stamp(&payload))
+            }
+            Conn::Pusher(c) => {
+                let (event, payload) = c.recv().await?;
+                if event == pusher::PUBLISH_EVENT {
+                    Ok(content_stamp(&payload))
+                } else {
+                    Ok(None)
+                }
+            }
         }
     }
 
     async fn keepalive(&mut self) -> Result<(), Failure> {
         match self {
             Conn::Phoenix(c) => c.heartbeat().await,
+            // The Socket.IO server pings; `recv` answers.
+            Conn::SocketIo(_) => Ok(()),
+            Conn::Pusher(c) => c.keepalive().await,
         }
     }
 
     async fn close(self) {
         match self {
             Conn::Phoenix(c) => c.close().await,
+            Conn::SocketIo(c) => c.close().await,
+            Conn::Pusher(c) => (*c).close().await,
         }
     }
 }

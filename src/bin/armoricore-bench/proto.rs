@@ -74,8 +74,10 @@ pub struct WorkerSpec {
     pub connections: usize,
     /// WebSocket endpoint without `vsn`/`token`.
     pub url: String,
-    /// HS256 secret for the tokens.
+    /// HS256 secret for the tokens (Pusher: the app secret).
     pub secret: String,
+    /// Pusher app key.
+    pub pusher_key: String,
     /// Topics joined per connection.
     pub topics_per_conn: usize,
     /// Distinct `chat:room:<n>` rooms.

@@ -19,7 +19,6 @@
 //! `benches/peers/sockudo-run.sh`.
 
 // Until the protocol-neutral driver (driver.rs) dispatches to it.
-#![allow(dead_code)]
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -46,6 +45,8 @@ const PING_FRAME: &str = r#"{"event":"pusher:ping","data":{}}"#;
 /// A Pusher app's credentials (Sockudo: `SOCKUDO_DEFAULT_APP_ID/KEY/SECRET`).
 #[derive(Debug, Clone)]
 pub struct App {
+    /// Only needed to start the server (the integration test does).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub id: String,
     pub key: String,
     pub secret: String,
@@ -57,6 +58,7 @@ pub struct Conn {
     socket_id: String,
     key: String,
     secret: hmac::Key,
+    #[cfg_attr(not(test), allow(dead_code))]
     activity_timeout: Duration,
     /// Events that arrived while [`Conn::join`] waited for its confirmation.
     pending: VecDeque<(String, Value)>,
@@ -218,11 +220,13 @@ impl Conn {
     }
 
     /// The socket id the server assigned.
+    #[cfg(test)]
     pub fn socket_id(&self) -> &str {
         &self.socket_id
     }
 
     /// The server's `activity_timeout`: it pings a connection silent that long.
+    #[cfg(test)]
     pub fn activity_timeout(&self) -> Duration {
         self.activity_timeout
     }

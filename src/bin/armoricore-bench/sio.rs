@@ -15,7 +15,6 @@
 
 // Nothing calls this driver until `driver::Proto` gains its Socket.IO variant;
 // the integration test below exercises all of it meanwhile.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -269,6 +268,7 @@ impl Conn {
     }
 
     /// The server's Engine.IO open packet.
+    #[cfg(test)]
     pub fn handshake(&self) -> &Handshake {
         &self.handshake
     }

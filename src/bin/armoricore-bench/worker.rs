@@ -247,6 +247,11 @@ async fn launch(l: Launch) -> (JoinSet<Option<HoldEnd>>, u64) {
     let connect_timeout = Duration::from_millis(l.spec.connect_timeout_ms);
     let heartbeat = Duration::from_millis(l.spec.heartbeat_ms.max(1));
     let traffic = l.spec.traffic.clone().map(Arc::new);
+    let app = crate::pusher::App {
+        id: String::new(),
+        key: l.spec.pusher_key.clone(),
+        secret: l.spec.secret.clone(),
+    };
     let mut stop = l.stop.clone();
     for (i, token) in l.tokens.into_iter().enumerate() {
         let wait = async {
@@ -276,10 +281,11 @@ async fn launch(l: Launch) -> (JoinSet<Option<HoldEnd>>, u64) {
         let out = l.out.clone();
         let stop = l.stop.clone();
         let (source, deadline, protocol) = (l.source, l.deadline, l.spec.protocol);
+        let app = app.clone();
         tasks.spawn(async move {
             let t0 = Instant::now();
             let limit = connect_timeout.min(deadline.saturating_duration_since(t0));
-            let attempt = Conn::connect(protocol, &target, source, &token, &topics);
+            let attempt = Conn::connect(protocol, &target, source, &token, &app, &topics);
             let result = tokio::time::timeout(limit, attempt).await;
             drop((permit, token, topics));
             match result.unwrap_or(Err(Failure::Timeout)) {
