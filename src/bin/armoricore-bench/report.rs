@@ -229,9 +229,12 @@ pub fn traffic(args: &CommonArgs, run: &Run) -> Report {
     json["deliveries_per_s"] = json!(round(per_s, 1));
     json["published_per_s"] = json!(round(run.published as f64 / secs, 1));
     json["delivery_latency"] = latency_json(&run.delivery_us);
+    let cpu = cpu_delta(run.joined.cpu_s, run.after_hold.cpu_s);
     json["server"] = json!({
         "rss_joined_kib": run.joined.rss_kib,
-        "cpu_traffic_s": cpu_delta(run.joined.cpu_s, run.after_hold.cpu_s).map(|v| round(v, 3)),
+        "cpu_traffic_s": cpu.map(|v| round(v, 3)),
+        // Deliveries per second of server CPU: efficiency, whatever the client's share.
+        "deliveries_per_cpu_s": cpu.filter(|c| *c > 0.0).map(|c| round(run.delivered as f64 / c, 0)),
     });
     let line = format!(
         "{}: {}/{} joined over {} procs | {} published in {:.1}s, {} delivered = {:.0} deliveries/s | delivery {}{}",
