@@ -6,6 +6,7 @@
 //! every receiver can record the delivery latency; all processes share the
 //! machine's clock.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,10 +218,14 @@ impl Conn {
     }
 }
 
-/// One client's view of a topic's presence, as phoenix.js's `Presence` keeps it
-/// (by key; every bench user has one connection, so keys are enough).
+/// One client's view of a topic's presence, kept as phoenix.js's `Presence` keeps
+/// it: metas by `phx_ref` under each key; a key goes when its last meta leaves
+/// (a user who reconnects has an old meta leaving and a new one joining).
 pub struct PresenceView {
-    keys: std::collections::HashSet<String>,
+    keys: HashMap<String, HashSet<String>>,
+    /// Diffs received before the first `presence_state`, applied after it, as
+    /// phoenix.js does (a flush may overtake the joiner's state).
+    early: Option<Vec<Diff>>,
     /// Keys the view must hold to have converged.
     expect: usize,
     /// When the worker started connecting.
@@ -228,10 +233,30 @@ pub struct PresenceView {
     converged: bool,
 }
 
+/// `{key: {metas: [{phx_ref, ..}]}}`, other meta fields skipped.
+type Entries = HashMap<String, Metas>;
+
+#[derive(Deserialize)]
+struct Metas {
+    metas: Vec<MetaRef>,
+}
+
+#[derive(Deserialize)]
+struct MetaRef {
+    phx_ref: String,
+}
+
+#[derive(Deserialize)]
+struct Diff {
+    joins: Entries,
+    leaves: Entries,
+}
+
 impl PresenceView {
     pub fn new(expect: usize, since: tokio::time::Instant) -> PresenceView {
         PresenceView {
-            keys: Default::default(),
+            keys: HashMap::new(),
+            early: Some(Vec::new()),
             expect,
             since,
             converged: false,
@@ -245,22 +270,39 @@ impl PresenceView {
         if !is_state && !frame.contains(r#","presence_diff","#) {
             return;
         }
-        // Keys only: metas are skipped unparsed (a storm's frames are large).
-        type Keys = std::collections::HashMap<String, IgnoredAny>;
         type Frame<P> = (IgnoredAny, IgnoredAny, IgnoredAny, IgnoredAny, P);
         if is_state {
-            if let Ok((_, _, _, _, keys)) = serde_json::from_str::<Frame<Keys>>(frame) {
-                self.keys = keys.into_keys().collect();
+            if let Ok((_, _, _, _, state)) = serde_json::from_str::<Frame<Entries>>(frame) {
+                self.keys = state
+                    .into_iter()
+                    .map(|(key, m)| (key, m.metas.into_iter().map(|r| r.phx_ref).collect()))
+                    .collect();
+                for diff in self.early.take().unwrap_or_default() {
+                    self.apply_diff(diff);
+                }
             }
-        } else {
-            #[derive(Deserialize)]
-            struct Diff {
-                joins: Keys,
-                leaves: Keys,
+        } else if let Ok((_, _, _, _, diff)) = serde_json::from_str::<Frame<Diff>>(frame) {
+            match self.early.as_mut() {
+                Some(early) => early.push(diff),
+                None => self.apply_diff(diff),
             }
-            if let Ok((_, _, _, _, diff)) = serde_json::from_str::<Frame<Diff>>(frame) {
-                self.keys.extend(diff.joins.into_keys());
-                for key in diff.leaves.into_keys() {
+        }
+    }
+
+    /// Joins first, then leaves, as phoenix.js applies a diff.
+    fn apply_diff(&mut self, diff: Diff) {
+        for (key, m) in diff.joins {
+            self.keys
+                .entry(key)
+                .or_default()
+                .extend(m.metas.into_iter().map(|r| r.phx_ref));
+        }
+        for (key, m) in diff.leaves {
+            if let Some(refs) = self.keys.get_mut(&key) {
+                for r in m.metas {
+                    refs.remove(&r.phx_ref);
+                }
+                if refs.is_empty() {
                     self.keys.remove(&key);
                 }
             }
@@ -384,13 +426,29 @@ mod tests {
     #[test]
     fn presence_views_follow_state_and_diffs() {
         let mut view = PresenceView::new(2, tokio::time::Instant::now());
-        view.apply_phoenix(r#"["1",null,"chat:room:0","presence_state",{"a":{"metas":[]}}]"#);
-        assert!(view.newly_converged().is_none());
         view.apply_phoenix(
-            r#"[null,null,"chat:room:0","presence_diff",{"joins":{"b":{"metas":[]}},"leaves":{}}]"#,
+            r#"["1",null,"chat:room:0","presence_state",{"a":{"metas":[{"phx_ref":"1"}]}}]"#,
+        );
+        assert!(view.newly_converged().is_none());
+        // b reconnects: its old meta leaves in the same diff its new one joins.
+        view.apply_phoenix(
+            r#"[null,null,"chat:room:0","presence_diff",{"joins":{"b":{"metas":[{"phx_ref":"3"}]}},"leaves":{"b":{"metas":[{"phx_ref":"2"}]}}}]"#,
         );
         assert!(view.newly_converged().is_some());
         assert!(view.newly_converged().is_none(), "converges once");
+    }
+
+    #[test]
+    fn diffs_before_the_state_are_applied_after_it() {
+        let mut view = PresenceView::new(3, tokio::time::Instant::now());
+        // A flush overtook the joiner's state: "c" joined after the state was taken.
+        view.apply_phoenix(
+            r#"[null,null,"t","presence_diff",{"joins":{"c":{"metas":[]}},"leaves":{}}]"#,
+        );
+        view.apply_phoenix(
+            r#"["1",null,"t","presence_state",{"a":{"metas":[]},"b":{"metas":[]}}]"#,
+        );
+        assert!(view.newly_converged().is_some());
     }
 
     #[test]
