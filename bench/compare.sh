@@ -30,7 +30,7 @@ if [ "$QUICK" = 1 ]; then
   HOLD=2s; FANOUT_RATE=20; SEARCH=""; PRESENCE_RATE=200
 else
   IDLE_N=15000; CONNECT_N=10000; FANOUT_N=15000; ROOMS_N=15000; PRESENCE_N=5000; PROCS=4
-  HOLD=10s; FANOUT_RATE=5; SEARCH="--search"; PRESENCE_RATE=1000
+  HOLD=10s; FANOUT_RATE=10; SEARCH="--search"; PRESENCE_RATE=1000
 fi
 
 cargo build --release --bins
@@ -97,8 +97,9 @@ run() {
   [ "$scenario" = fanout ] && prefix=$prefix_stream
   echo "== $name $scenario" >&2
   if line=$("$BIN/armoricore-bench" "$scenario" --protocol "$PROTO" --url "$URL" --secret "$SECRET" \
-      --server-pid "$SERVER_PID" --procs "$PROCS" --topic-prefix "$prefix" --json "$@" | tail -n 1); then
-    echo "$line" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["target"]=sys.argv[1]; print(json.dumps(d))' "$name" >>"$RESULTS"
+      --server-pid "$SERVER_PID" --procs "$PROCS" --topic-prefix "$prefix" --json "$@" | tail -n 1) &&
+     echo "$line" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["target"]=sys.argv[1]; print(json.dumps(d))' "$name" >>"$RESULTS"; then
+    :
   else
     echo "{\"target\":\"$name\",\"scenario\":\"$scenario\",\"error\":\"run failed\"}" >>"$RESULTS"
   fi
@@ -110,7 +111,9 @@ for name in $SERVERS; do
     case $scenario in
       idle) run "$name" idle --connections "$IDLE_N" --rooms 5000 --hold "$HOLD" ;;
       connect) run "$name" connect --connections "$CONNECT_N" --rooms 5000 ;;
-      fanout) run "$name" fanout --connections "$FANOUT_N" --publish-rate "$FANOUT_RATE" --hold "$HOLD" $SEARCH --timeout 600s ;;
+      fanout)
+        run "$name" fanout --connections "$FANOUT_N" --publish-rate "$FANOUT_RATE" --hold "$HOLD" --timeout 120s
+        [ -n "$SEARCH" ] && run "$name" fanout --connections "$FANOUT_N" --publish-rate "$FANOUT_RATE" --hold "$HOLD" $SEARCH --timeout 600s ;;
       rooms) run "$name" rooms --connections "$ROOMS_N" --rooms $((ROOMS_N / 3)) --rate-per-user 0.5 --hold "$HOLD" ;;
       presence)
         if [ "$name" = armoricore ]; then

@@ -282,36 +282,49 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         let p99_ms = run.delivery_us.value_at_quantile(0.99) as f64 / 1000.0;
         run.delivered > 0 && p99_ms <= args.p99_ms && run.delivered * 100 >= expected * 99
     };
-    let (mut good, mut bad): (Option<(f64, coordinator::Run)>, Option<f64>) = (None, None);
+    // (publish rate, its run): the best within the bound, the last outside it.
+    type Tried = Option<(f64, coordinator::Run)>;
+    let (mut good, mut bad): (Tried, Tried) = (None, None);
     let mut rate = args.publish_rate;
     for _ in 0..8 {
         let run = fanout_run(&args, rate).await?;
-        let ok = within(&run);
         eprintln!("{}", report::traffic(&args.common, &run).line);
-        if ok {
+        if within(&run) {
             good = Some((rate, run));
         } else {
-            bad = Some(rate);
+            bad = Some((rate, run));
         }
-        rate = match (good.as_ref().map(|g| g.0), bad) {
+        let (g, b) = (good.as_ref().map(|g| g.0), bad.as_ref().map(|b| b.0));
+        rate = match (g, b) {
             (Some(g), None) => g * 2.0,
             (Some(g), Some(b)) if b / g > 1.15 => (g + b) / 2.0,
             (None, Some(b)) if b > 1.0 => b / 2.0,
             _ => break,
         };
     }
-    match good {
-        Some((rate, run)) => {
-            let mut report = report::traffic(&args.common, &run);
-            report.line = format!(
-                "search (p99 <= {} ms): best publish rate {rate:.0}/s | {}",
-                args.p99_ms, report.line
-            );
-            report.json["search"] =
-                serde_json::json!({"p99_ms_bound": args.p99_ms, "best_publish_rate": rate});
-            report::print(&report, args.common.json);
-        }
-        None => println!("search: no rate met p99 <= {} ms", args.p99_ms),
-    }
+    // The best rate within the bound or, when none was, the lowest rate tried.
+    let found = good.is_some();
+    let Some((rate, run)) = good.or(bad) else {
+        anyhow::bail!("search: no run completed");
+    };
+    let mut report = report::traffic(&args.common, &run);
+    let prefix = if found {
+        format!(
+            "search (p99 <= {} ms): best publish rate {rate:.1}/s",
+            args.p99_ms
+        )
+    } else {
+        format!(
+            "search: no rate met p99 <= {} ms; lowest tried {rate:.1}/s",
+            args.p99_ms
+        )
+    };
+    report.line = format!("{prefix} | {}", report.line);
+    report.json["search"] = serde_json::json!({
+        "p99_ms_bound": args.p99_ms,
+        "met": found,
+        "publish_rate": rate,
+    });
+    report::print(&report, args.common.json);
     Ok(())
 }
