@@ -116,10 +116,10 @@ for name in $SERVERS; do
         [ -n "$SEARCH" ] && run "$name" fanout --connections "$FANOUT_N" --publish-rate "$FANOUT_RATE" --hold "$HOLD" $SEARCH --timeout 600s ;;
       rooms) run "$name" rooms --connections "$ROOMS_N" --rooms $((ROOMS_N / 3)) --rate-per-user 0.5 --hold "$HOLD" ;;
       presence)
-        if [ "$name" = armoricore ]; then
-          run "$name" presence --connections "$PRESENCE_N" --rate "$PRESENCE_RATE" --hold 20s
+        if [ "$name" = socketio ]; then
+          echo "{\"target\":\"$name\",\"scenario\":\"presence\",\"error\":\"Socket.IO has no presence\"}" >>"$RESULTS"
         else
-          echo "{\"target\":\"$name\",\"scenario\":\"presence\",\"error\":\"not measured: no presence in this peer's driver\"}" >>"$RESULTS"
+          run "$name" presence --connections "$PRESENCE_N" --rate "$PRESENCE_RATE" --hold 20s
         fi ;;
     esac
   done

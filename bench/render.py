@@ -41,9 +41,10 @@ def headline(d):
             met = "" if search.get("met") else f" (none met p99 ≤ {search.get('p99_ms_bound'):.0f} ms: lowest tried)"
             rate = f"publish {search.get('publish_rate'):.1f}/s{met}, "
         text = f"{rate}{d['deliveries_per_s']:.0f} deliveries/s, p50 {p50} ms, p99 {p99} ms, {per_cpu} per server CPU-s"
-        if s == "fanout" and search:
+        if s == "fanout" and search.get("met"):
             return d["deliveries_per_s"], True, text
-        # At a fixed offered load every server delivers the same; latency tells them apart.
+        # At a fixed offered load (or when no rate met the bound) every server
+        # delivers about the same; latency tells them apart.
         return p99, False, text
     if s == "presence":
         c = d.get("convergence") or {}

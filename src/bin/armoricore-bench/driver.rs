@@ -112,6 +112,19 @@ fn phoenix_stamp(frame: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Who a connection is.
+#[derive(Clone, Copy)]
+pub struct Who<'a> {
+    /// The JWT (Phoenix, Socket.IO).
+    pub token: &'a str,
+    /// The user id (Pusher presence).
+    pub user: &'a str,
+    /// Pusher app credentials.
+    pub app: &'a pusher::App,
+    /// Join as a presence member (Pusher: `presence-` channels).
+    pub presence: bool,
+}
+
 /// The send time in a received message whose payload is `{"content": "<µs> ..."}`.
 fn content_stamp(payload: &serde_json::Value) -> Option<u64> {
     let content = payload.get("content")?.as_str()?;
@@ -126,15 +139,21 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Connect from `source`, authenticate with `token` (Pusher: with `app`), join `topics`.
+    /// Connect from `source`, authenticate with `token` (Pusher: with `app`), join
+    /// `topics` (Pusher: as presence channels, as `user`, when `presence`).
     pub async fn connect(
         proto: Proto,
         target: &Target,
         source: IpAddr,
-        token: &str,
-        app: &pusher::App,
+        who: Who<'_>,
         topics: &[String],
     ) -> Result<Conn, Failure> {
+        let Who {
+            token,
+            user,
+            app,
+            presence,
+        } = who;
         match proto {
             Proto::Phoenix => Ok(Conn::Phoenix(
                 phx::Conn::connect(target, source, token, topics).await?,
@@ -149,7 +168,11 @@ impl Conn {
             Proto::Pusher => {
                 let mut c = pusher::Conn::connect(target, source, app).await?;
                 for topic in topics {
-                    c.join(topic).await?;
+                    if presence {
+                        c.join_presence(topic, user).await?;
+                    } else {
+                        c.join(topic).await?;
+                    }
                 }
                 Ok(Conn::Pusher(Box::new(c)))
             }
@@ -191,6 +214,9 @@ impl Conn {
             }
             Conn::Pusher(c) => {
                 let (event, payload) = c.recv().await?;
+                if let Some(view) = presence {
+                    view.apply_pusher(&event, &payload);
+                }
                 if event == pusher::PUBLISH_EVENT {
                     Ok(content_stamp(&payload))
                 } else {
@@ -286,6 +312,39 @@ impl PresenceView {
                 Some(early) => early.push(diff),
                 None => self.apply_diff(diff),
             }
+        }
+    }
+
+    /// Apply a Pusher presence event: the member list on subscription, then
+    /// members added and removed (one connection per user here).
+    fn apply_pusher(&mut self, event: &str, data: &serde_json::Value) {
+        let id = |v: &serde_json::Value| {
+            v.get("user_id")
+                .and_then(|u| u.as_str())
+                .map(str::to_string)
+        };
+        match event {
+            "pusher_internal:subscription_succeeded" => {
+                let ids = data["presence"]["ids"].as_array().into_iter().flatten();
+                self.keys = ids
+                    .filter_map(|v| v.as_str())
+                    .map(|k| (k.to_string(), HashSet::from([String::new()])))
+                    .collect();
+                for diff in self.early.take().unwrap_or_default() {
+                    self.apply_diff(diff);
+                }
+            }
+            "pusher_internal:member_added" => {
+                if let Some(user) = id(data) {
+                    self.keys.entry(user).or_default().insert(String::new());
+                }
+            }
+            "pusher_internal:member_removed" => {
+                if let Some(user) = id(data) {
+                    self.keys.remove(&user);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -447,6 +506,19 @@ mod tests {
         );
         view.apply_phoenix(
             r#"["1",null,"t","presence_state",{"a":{"metas":[]},"b":{"metas":[]}}]"#,
+        );
+        assert!(view.newly_converged().is_some());
+    }
+
+    #[test]
+    fn pusher_presence_events() {
+        let mut view = PresenceView::new(2, tokio::time::Instant::now());
+        let ids = serde_json::json!({"presence": {"ids": ["a"], "hash": {}, "count": 1}});
+        view.apply_pusher("pusher_internal:subscription_succeeded", &ids);
+        assert!(view.newly_converged().is_none());
+        view.apply_pusher(
+            "pusher_internal:member_added",
+            &serde_json::json!({"user_id": "b"}),
         );
         assert!(view.newly_converged().is_some());
     }

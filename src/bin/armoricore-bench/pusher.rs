@@ -239,18 +239,46 @@ impl Conn {
         let channel = channel_name(room);
         let auth = channel_auth(&self.key, &self.secret, &self.socket_id, &channel);
         self.send(subscribe_frame(&channel, &auth)).await?;
+        self.subscribed(&channel).await.map(drop)
+    }
+
+    /// Subscribe to the presence channel `presence-{room}` as `user_id` (auth signs
+    /// `{socket_id}:{channel}:{channel_data}`). The `subscription_succeeded` event,
+    /// which lists the members, is kept for [`Conn::recv`], followed by
+    /// `pusher_internal:member_added` / `member_removed` events.
+    pub async fn join_presence(&mut self, room: &str, user_id: &str) -> Result<(), Failure> {
+        let channel = format!("presence-{room}");
+        // Sockudo's connection task panics on a presence subscribe without channel_data.
+        let channel_data = serde_json::json!({"user_id": user_id, "user_info": {}}).to_string();
+        let signed = format!("{}:{channel}:{channel_data}", self.socket_id);
+        let tag = hmac::sign(&self.secret, signed.as_bytes());
+        let frame = serde_json::json!({
+            "event": "pusher:subscribe",
+            "data": {
+                "channel": channel,
+                "auth": format!("{}:{}", self.key, hex(tag.as_ref())),
+                "channel_data": channel_data,
+            },
+        });
+        self.send(frame.to_string()).await?;
+        let data = self.subscribed(&channel).await?;
+        self.pending
+            .push_front(("pusher_internal:subscription_succeeded".into(), data));
+        Ok(())
+    }
+
+    /// Wait for `pusher_internal:subscription_succeeded` on `channel`; its data.
+    async fn subscribed(&mut self, channel: &str) -> Result<Value, Failure> {
         loop {
             let text = next_text(&mut self.ws).await?;
             let Some((event, frame_channel, data)) = parse_frame(&text) else {
                 continue;
             };
             let frame_channel = frame_channel.as_deref();
-            if event == "pusher_internal:subscription_succeeded"
-                && frame_channel == Some(channel.as_str())
-            {
-                return Ok(());
+            if event == "pusher_internal:subscription_succeeded" && frame_channel == Some(channel) {
+                return Ok(data);
             }
-            if refuses(&event, frame_channel, &channel) {
+            if refuses(&event, frame_channel, channel) {
                 return Err(Failure::JoinRefused);
             }
             match &*event {

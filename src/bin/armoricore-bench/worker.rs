@@ -281,11 +281,19 @@ async fn launch(l: Launch) -> (JoinSet<Option<HoldEnd>>, u64) {
         let out = l.out.clone();
         let stop = l.stop.clone();
         let (source, deadline, protocol) = (l.source, l.deadline, l.spec.protocol);
+        let (worker, presence) = (l.spec.index, l.spec.scenario == Scenario::Presence);
         let app = app.clone();
         tasks.spawn(async move {
             let t0 = Instant::now();
             let limit = connect_timeout.min(deadline.saturating_duration_since(t0));
-            let attempt = Conn::connect(protocol, &target, source, &token, &app, &topics);
+            let user = format!("u{worker}-{i}");
+            let who = driver::Who {
+                token: &token,
+                user: &user,
+                app: &app,
+                presence,
+            };
+            let attempt = Conn::connect(protocol, &target, source, who, &topics);
             let result = tokio::time::timeout(limit, attempt).await;
             drop((permit, token, topics));
             match result.unwrap_or(Err(Failure::Timeout)) {
