@@ -54,6 +54,7 @@ pub struct Config {
     pub socket: SocketConfig,
     pub channels: ChannelsConfig,
     pub presence: PresenceConfig,
+    pub history: HistoryConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -103,6 +104,25 @@ pub struct ChannelsConfig {
 #[serde(deny_unknown_fields)]
 pub struct PresenceConfig {
     pub broadcast_period_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    pub rules: Vec<HistoryRule>,
+    pub idle_ttl_s: u64,
+    pub sweep_interval_s: u64,
+}
+
+/// History kept by the topics starting with `prefix` (the longest match wins).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub prefix: String,
+    /// Messages kept (0: offsets and epoch only).
+    pub size: usize,
+    /// How long a message is kept, in seconds.
+    pub ttl_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,7 +195,8 @@ impl Config {
                 format!("required when auth.algorithm = {:?}", self.auth.algorithm),
             ));
         }
-        let positive: [(&str, u64); 8] = [
+        let positive: [(&str, u64); 9] = [
+            ("history.sweep_interval_s", self.history.sweep_interval_s),
             (
                 "server.listen_backlog",
                 self.server.listen_backlog.max(0) as u64,

@@ -30,6 +30,8 @@ pub struct Hub {
     pub pubsub: Arc<PubSub>,
     pub router: Router,
     pub verifier: Verifier,
+    /// Offsets, epochs and recent messages per topic.
+    pub history: crate::history::History,
     /// Presence state; outlives PresenceTracker restarts.
     pub presence: Arc<Presence>,
     session_supervisor: RwLock<Option<ActorCell>>,
@@ -45,6 +47,7 @@ impl Hub {
         let metrics = Arc::new(Metrics::new());
         let pubsub = Arc::new(PubSub::new(metrics.clone()));
         let presence_period = std::time::Duration::from_millis(config.presence.broadcast_period_ms);
+        let history = config.history.clone();
         Hub {
             config: Arc::new(config),
             presence: Arc::new(Presence::new(
@@ -52,6 +55,7 @@ impl Hub {
                 metrics.clone(),
                 presence_period,
             )),
+            history: crate::history::History::new(history, pubsub.clone()),
             pubsub,
             metrics,
             router,

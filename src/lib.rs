@@ -18,6 +18,7 @@
 //!   bytes to every subscriber); [`pubsub::outbox`] is a connection's outbound queue.
 //! - [`protocols`]: wire formats: [`protocols::phoenix`] frames (V1/V2), [`protocols::jwt`].
 //! - [`http`]: routes: WebSocket and long-poll transports, `/metrics`, `/health`, `/ready`.
+//! - [`history`]: per-topic offsets, epochs and recent messages; missed-message recovery.
 //! - [`hub`]: the node's shared parts, handed to sessions and routes.
 //! - [`bus`]: the message bus seam (`Bus` trait; in-process implementation).
 //! - [`config`]: the typed configuration (`config/default.toml` + file + env).
@@ -27,6 +28,7 @@ pub mod actors;
 pub mod bus;
 pub mod channels;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -3,7 +3,9 @@
 //! - [`session::Session`]: one per connection (WebSocket or long-poll); owns its joined channels.
 //! - [`presence::PresenceTracker`]: presence state and diffs for the node.
 //! - [`gateway::Gateway`]: the HTTP listener.
+//! - [`janitor::Janitor`]: periodic housekeeping (history sweeps).
 
 pub mod gateway;
+pub mod janitor;
 pub mod presence;
 pub mod session;

@@ -20,6 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 
 use crate::channels::{Channel, ChannelCtx, ChannelError, Reply, RouteError};
+use crate::history::{Since, join_response};
 use crate::hub::{Hub, SessionEntry};
 use crate::protocols::jwt::Claims;
 use crate::protocols::phoenix::{self, Frame, Message, Vsn, events};
@@ -191,15 +192,6 @@ impl SessionState {
             Err(RouteError::Unmatched) => return refused(self, "unmatched topic".into()),
             Err(RouteError::Unauthorized) => return refused(self, "unauthorized".into()),
         };
-        // Subscribe before replying so no broadcast falls between the two.
-        self.hub.pubsub.subscribe(
-            &topic,
-            Subscriber {
-                session: self.id,
-                vsn: self.vsn,
-                outbox: self.outbox.clone(),
-            },
-        );
         let ctx = self.ctx(&topic, m.join_ref.as_deref());
         let joined = AssertUnwindSafe(channel.join(&ctx, &m.payload))
             .catch_unwind()
@@ -207,7 +199,32 @@ impl SessionState {
         match joined {
             Ok(Ok(response)) => {
                 self.hub.metrics.joins.with_label_values(&["ok"]).inc();
-                self.reply(&m, Reply::Ok(response));
+                // Subscribe, reply {offset, epoch, recovered?} and replay what the
+                // client missed, atomically (see crate::history).
+                let since = Since::from_join(&m.payload);
+                let subscriber = Subscriber {
+                    session: self.id,
+                    vsn: self.vsn,
+                    outbox: self.outbox.clone(),
+                };
+                let vsn = self.vsn;
+                self.hub.history.join(
+                    &topic,
+                    subscriber,
+                    since.as_ref(),
+                    &self.hub.metrics,
+                    |state| {
+                        let response = join_response(response, state);
+                        phoenix::reply(
+                            vsn,
+                            m.join_ref.as_deref(),
+                            m.ref_.as_deref(),
+                            &topic,
+                            true,
+                            response,
+                        )
+                    },
+                );
                 let after = AssertUnwindSafe(channel.after_join(&ctx))
                     .catch_unwind()
                     .await;
@@ -225,12 +242,10 @@ impl SessionState {
                 }
             }
             Ok(Err(response)) => {
-                self.hub.pubsub.unsubscribe(&topic, self.id);
                 self.hub.metrics.joins.with_label_values(&["error"]).inc();
                 self.reply(&m, Reply::Error(response));
             }
             Err(panic) => {
-                self.hub.pubsub.unsubscribe(&topic, self.id);
                 tracing::error!(session = self.id, topic, reason = %panic_message(&panic), "join crashed");
                 self.hub
                     .metrics

@@ -55,18 +55,15 @@ fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) ->
         }
     };
     let id = uuid::Uuid::now_v7().to_string();
-    let (offset, _) = ctx
-        .hub
-        .pubsub
-        .broadcast_with_offset(ctx.topic, event, |offset| {
-            json!({
-                "id": id,
-                "offset": offset,
-                "user_id": ctx.user.user_id,
-                "content": content,
-                "timestamp": now_rfc3339(),
-            })
-        });
+    let (offset, _) = ctx.hub.history.publish(ctx.topic, event, |offset| {
+        json!({
+            "id": id,
+            "offset": offset,
+            "user_id": ctx.user.user_id,
+            "content": content,
+            "timestamp": now_rfc3339(),
+        })
+    });
     Reply::Ok(json!({"id": id, "offset": offset}))
 }
 

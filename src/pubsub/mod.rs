@@ -5,8 +5,8 @@
 //! fan-out only queues). A broadcast is encoded once per serializer ([`Fastlane`])
 //! and the same bytes are queued to every subscriber's [`Outbox`].
 //!
-//! Per-topic offsets live here for now: they are assigned under the topic lock, so
-//! subscribers see offsets in increasing order. They restart when a topic empties.
+//! Offsets and history are the [`crate::history`] module's: it numbers a message
+//! and fans it out under its own per-topic lock.
 
 pub mod outbox;
 
@@ -37,8 +37,6 @@ pub struct Subscriber {
 struct Topic {
     /// By session: O(1) join and leave, even in a topic of 100k subscribers.
     subscribers: IndexMap<SessionId, Subscriber>,
-    /// Offset of the last broadcast that asked for one.
-    offset: u64,
     /// Emptied and removed from the registry: whoever still holds it must look again.
     dead: bool,
 }
@@ -145,24 +143,6 @@ impl PubSub {
         self.fan_out(&guard, topic, event, payload, except)
     }
 
-    /// Assign the topic's next offset, build the payload with it, and broadcast it,
-    /// all under the topic lock so offsets reach every subscriber in order.
-    pub fn broadcast_with_offset(
-        &self,
-        topic: &str,
-        event: &str,
-        payload: impl FnOnce(u64) -> Value,
-    ) -> (u64, Value) {
-        let mut payload = Some(payload);
-        self.with_topic(topic, |t| {
-            t.offset += 1;
-            let build = payload.take().expect("the topic closure runs once");
-            let body = build(t.offset);
-            self.fan_out(t, topic, event, &body, None);
-            (t.offset, body)
-        })
-    }
-
     fn fan_out(
         &self,
         t: &Topic,
@@ -245,13 +225,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn offsets_increase_and_topics_are_pruned() {
+    async fn topics_are_pruned_when_empty() {
         let ps = PubSub::new(Arc::new(Metrics::new()));
         let _a = sub(&ps, "t", 1, Vsn::V2);
-        let (o1, _) = ps.broadcast_with_offset("t", "e", |o| json!({ "offset": o }));
-        let (o2, p2) = ps.broadcast_with_offset("t", "e", |o| json!({ "offset": o }));
-        assert_eq!((o1, o2), (1, 2));
-        assert_eq!(p2, json!({"offset": 2}));
+        assert_eq!(ps.topic_count(), 1);
         ps.unsubscribe("t", 1);
         assert_eq!(ps.topic_count(), 0);
     }

@@ -5,7 +5,8 @@
 //! ├── Gateway            permanent   HTTP listener
 //! ├── SessionSupervisor  permanent
 //! │    └── Session       temporary   one per connection
-//! └── PresenceTracker    permanent
+//! ├── PresenceTracker    permanent
+//! └── Janitor            permanent   history sweeps
 //! ```
 //! Restart policies and intensity are in [`policy`], shared by every supervisor.
 

@@ -15,6 +15,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use super::policy::{Exit, Intensity, RestartPolicy, exit_of};
 use super::sessions::SessionSupervisor;
 use crate::actors::gateway::{Gateway, GatewayArgs};
+use crate::actors::janitor::Janitor;
 use crate::actors::presence::PresenceTracker;
 use crate::hub::Hub;
 
@@ -24,10 +25,16 @@ pub enum Child {
     Gateway,
     Sessions,
     Presence,
+    Janitor,
 }
 
 impl Child {
-    const ALL: [Child; 3] = [Child::Presence, Child::Sessions, Child::Gateway];
+    const ALL: [Child; 4] = [
+        Child::Janitor,
+        Child::Presence,
+        Child::Sessions,
+        Child::Gateway,
+    ];
 
     fn policy(self) -> RestartPolicy {
         RestartPolicy::Permanent
@@ -78,6 +85,10 @@ impl RootSupervisor {
                 hub.set_session_supervisor(Some(actor.get_cell()));
                 actor.get_cell()
             }
+            Child::Janitor => Actor::spawn_linked(None, Janitor, hub, sup)
+                .await?
+                .0
+                .get_cell(),
             Child::Presence => {
                 let (actor, _) =
                     Actor::spawn_linked(None, PresenceTracker, hub.presence.clone(), sup).await?;

@@ -1,0 +1,410 @@
+//! Per-topic history: offsets, epochs and a bounded ring of recent broadcasts, for
+//! missed-message recovery (as Centrifugo does) on top of the Phoenix protocol.
+//!
+//! Every offset-carrying broadcast (`new_message`, `new_comment`) is numbered under
+//! its topic's lock, kept in the topic's ring when a rule gives it history, and
+//! fanned out under the same lock, so every subscriber sees offsets in order.
+//!
+//! A join is made atomic with the same lock: subscribe, reply `{offset, epoch,
+//! recovered?}`, queue the missed messages, release. No broadcast can fall between
+//! the reply and the missed messages (no gap) or be both missed and live (no
+//! duplicate).
+//!
+//! ```text
+//! join payload   {"since": {"offset": 41, "epoch": "3f9c0a1b"}}
+//! join reply     {"offset": 45, "epoch": "3f9c0a1b", "recovered": true}   then offsets 42..=45
+//!                {"offset": 45, "epoch": "77e1d0c2", "recovered": false}  the client reloads
+//! ```
+//! The epoch is random per topic history: it changes whenever the history is lost
+//! (a node restart, a topic forgotten after `idle_ttl_s`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::HistoryConfig;
+use crate::protocols::phoenix::{self, Frame};
+use crate::pubsub::{PubSub, Subscriber, offer};
+
+/// A client's position in a topic, from `since` in its join payload.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+impl Since {
+    /// `since` from a join payload, if it has a well-formed one.
+    pub fn from_join(payload: &Value) -> Option<Since> {
+        serde_json::from_value(payload.get("since")?.clone()).ok()
+    }
+}
+
+struct Entry {
+    offset: u64,
+    event: Arc<str>,
+    payload: Arc<Value>,
+    at: Instant,
+}
+
+struct TopicHistory {
+    epoch: String,
+    /// Offset of the newest broadcast (0: none yet).
+    head: u64,
+    ring: VecDeque<Entry>,
+    size: usize,
+    ttl: Duration,
+    last_used: Instant,
+}
+
+impl TopicHistory {
+    fn expire(&mut self, now: Instant) {
+        while self
+            .ring
+            .front()
+            .is_some_and(|e| now.duration_since(e.at) > self.ttl)
+        {
+            self.ring.pop_front();
+        }
+    }
+
+    /// The messages after `since`, or `None` when they cannot all be given.
+    fn after(&self, since: &Since) -> Option<Vec<&Entry>> {
+        if since.epoch != self.epoch || since.offset > self.head {
+            return None;
+        }
+        if since.offset == self.head {
+            return Some(Vec::new());
+        }
+        // The first missed message must still be in the ring.
+        let first = self.ring.front()?.offset;
+        if since.offset + 1 < first {
+            return None;
+        }
+        Some(
+            self.ring
+                .iter()
+                .filter(|e| e.offset > since.offset)
+                .collect(),
+        )
+    }
+}
+
+/// The outcome of a join, for its reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinState {
+    pub offset: u64,
+    pub epoch: String,
+    /// `Some` when the join asked to recover.
+    pub recovered: Option<bool>,
+    /// Messages queued after the reply.
+    pub replayed: usize,
+}
+
+/// Every topic's history on this node.
+pub struct History {
+    topics: DashMap<Arc<str>, Arc<Mutex<TopicHistory>>>,
+    config: HistoryConfig,
+    pubsub: Arc<PubSub>,
+}
+
+fn new_epoch() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+impl History {
+    pub fn new(config: HistoryConfig, pubsub: Arc<PubSub>) -> History {
+        History {
+            topics: DashMap::new(),
+            config,
+            pubsub,
+        }
+    }
+
+    /// (size, ttl) of the longest rule matching `topic`; no rule: offsets only.
+    fn rule(&self, topic: &str) -> (usize, Duration) {
+        self.config
+            .rules
+            .iter()
+            .filter(|r| topic.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())
+            .map(|r| (r.size, Duration::from_secs(r.ttl_s)))
+            .unwrap_or((0, Duration::from_secs(self.config.idle_ttl_s)))
+    }
+
+    fn topic(&self, topic: &str) -> Arc<Mutex<TopicHistory>> {
+        if let Some(t) = self.topics.get(topic) {
+            return t.value().clone();
+        }
+        let (size, ttl) = self.rule(topic);
+        self.topics
+            .entry(Arc::from(topic))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(TopicHistory {
+                    epoch: new_epoch(),
+                    head: 0,
+                    ring: VecDeque::with_capacity(size.min(16)),
+                    size,
+                    ttl,
+                    last_used: Instant::now(),
+                }))
+            })
+            .value()
+            .clone()
+    }
+
+    /// Number the next broadcast of `topic`, keep it, and fan it out, in order.
+    pub fn publish(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: impl FnOnce(u64) -> Value,
+    ) -> (u64, Arc<Value>) {
+        let t = self.topic(topic);
+        let mut h = t.lock();
+        let now = Instant::now();
+        h.head += 1;
+        h.last_used = now;
+        let offset = h.head;
+        let payload = Arc::new(payload(offset));
+        self.pubsub.broadcast(topic, event, &payload, None);
+        if h.size > 0 {
+            h.expire(now);
+            if h.ring.len() == h.size {
+                h.ring.pop_front();
+            }
+            h.ring.push_back(Entry {
+                offset,
+                event: Arc::from(event),
+                payload: payload.clone(),
+                at: now,
+            });
+        }
+        (offset, payload)
+    }
+
+    /// Subscribe, queue the join reply built by `reply` from the topic's state,
+    /// then the messages missed since `since`, all under the topic's lock.
+    pub fn join(
+        &self,
+        topic: &str,
+        subscriber: Subscriber,
+        since: Option<&Since>,
+        metrics: &crate::metrics::Metrics,
+        reply: impl FnOnce(&JoinState) -> Frame,
+    ) -> JoinState {
+        let t = self.topic(topic);
+        let mut h = t.lock();
+        let now = Instant::now();
+        h.expire(now);
+        h.last_used = now;
+        let missed = since.map(|s| h.after(s));
+        let mut state = JoinState {
+            offset: h.head,
+            epoch: h.epoch.clone(),
+            recovered: missed.as_ref().map(Option::is_some),
+            replayed: 0,
+        };
+        let replay: Vec<&Entry> = missed.flatten().unwrap_or_default();
+        state.replayed = replay.len();
+        let (outbox, vsn) = (subscriber.outbox.clone(), subscriber.vsn);
+        self.pubsub.subscribe(topic, subscriber);
+        offer(&outbox, reply(&state), metrics);
+        for e in replay {
+            let frame = phoenix::encode(vsn, None, None, topic, &e.event, &e.payload);
+            offer(&outbox, frame, metrics);
+        }
+        state
+    }
+
+    /// Forget expired messages, and topics idle past their TTL with nothing kept
+    /// and nobody subscribed (their epoch changes if they come back).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.topics.retain(|topic, t| {
+            let mut h = t.lock();
+            h.expire(now);
+            let idle = now.duration_since(h.last_used)
+                > h.ttl.max(Duration::from_secs(self.config.idle_ttl_s));
+            !(h.ring.is_empty() && idle && self.pubsub.subscriber_count(topic) == 0)
+        });
+    }
+
+    /// Topics with a history entry.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+}
+
+/// Merge the join state into a channel's join response (an object).
+pub fn join_response(mut response: Value, state: &JoinState) -> Value {
+    if let Value::Object(map) = &mut response {
+        map.insert("offset".into(), json!(state.offset));
+        map.insert("epoch".into(), json!(state.epoch));
+        if let Some(recovered) = state.recovered {
+            map.insert("recovered".into(), json!(recovered));
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HistoryRule;
+    use crate::metrics::Metrics;
+    use crate::protocols::phoenix::Vsn;
+    use crate::pubsub::outbox::{self, OutboxReceiver};
+
+    fn history(size: usize, ttl_s: u64) -> History {
+        let config = HistoryConfig {
+            rules: vec![HistoryRule {
+                prefix: "chat:".into(),
+                size,
+                ttl_s,
+            }],
+            idle_ttl_s: 600,
+            sweep_interval_s: 30,
+        };
+        History::new(config, Arc::new(PubSub::new(Arc::new(Metrics::new()))))
+    }
+
+    fn frames(rx: &mut OutboxReceiver) -> Vec<Value> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|f| serde_json::from_str(f.as_str()).unwrap())
+            .collect()
+    }
+
+    fn join(h: &History, session: u64, since: Option<Since>) -> (JoinState, OutboxReceiver) {
+        let (outbox, rx) = outbox::channel(256);
+        let sub = Subscriber {
+            session,
+            vsn: Vsn::V2,
+            outbox,
+        };
+        let metrics = Metrics::new();
+        let state = h.join("chat:1", sub, since.as_ref(), &metrics, |s| {
+            phoenix::reply(
+                Vsn::V2,
+                Some("1"),
+                Some("1"),
+                "chat:1",
+                true,
+                join_response(json!({}), s),
+            )
+        });
+        (state, rx)
+    }
+
+    #[test]
+    fn recovers_exactly_the_missed_messages_after_the_reply() {
+        let h = history(100, 600);
+        for i in 1..=5 {
+            h.publish("chat:1", "new_message", |o| json!({ "offset": o, "n": i }));
+        }
+        let (state, _) = join(&h, 1, None);
+        assert_eq!((state.offset, state.recovered), (5, None));
+        let since = Since {
+            offset: 2,
+            epoch: state.epoch.clone(),
+        };
+        let (state, mut rx) = join(&h, 2, Some(since));
+        assert_eq!((state.recovered, state.replayed), (Some(true), 3));
+        let got = frames(&mut rx);
+        assert_eq!(got[0][3], "phx_reply");
+        assert_eq!(got[0][4]["response"]["recovered"], true);
+        let offsets: Vec<u64> = got[1..]
+            .iter()
+            .map(|f| f[4]["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+        // Live broadcasts follow, continuing the sequence.
+        h.publish("chat:1", "new_message", |o| json!({ "offset": o }));
+        assert_eq!(frames(&mut rx)[0][4]["offset"], 6);
+    }
+
+    #[test]
+    fn stale_epoch_or_evicted_offsets_do_not_recover() {
+        let h = history(3, 600);
+        for _ in 0..10 {
+            h.publish("chat:1", "new_message", |o| json!({ "offset": o }));
+        }
+        let (state, _) = join(
+            &h,
+            1,
+            Some(Since {
+                offset: 9,
+                epoch: "other".into(),
+            }),
+        );
+        assert_eq!((state.recovered, state.offset), (Some(false), 10));
+        let epoch = state.epoch.clone();
+        // Offsets 8..=10 are kept: since 7 can recover, since 6 cannot.
+        let (state, _) = join(
+            &h,
+            2,
+            Some(Since {
+                offset: 7,
+                epoch: epoch.clone(),
+            }),
+        );
+        assert_eq!((state.recovered, state.replayed), (Some(true), 3));
+        let (state, _) = join(
+            &h,
+            3,
+            Some(Since {
+                offset: 6,
+                epoch: epoch.clone(),
+            }),
+        );
+        assert_eq!(state.recovered, Some(false));
+        let (state, _) = join(&h, 4, Some(Since { offset: 11, epoch }));
+        assert_eq!(state.recovered, Some(false), "an offset from the future");
+    }
+
+    #[test]
+    fn topics_without_a_rule_keep_offsets_but_no_messages() {
+        let h = history(100, 600);
+        h.publish("comments:1", "new_comment", |o| json!({ "offset": o }));
+        let (o, _) = h.publish("comments:1", "new_comment", |o| json!({ "offset": o }));
+        assert_eq!(o, 2);
+        let (outbox, _rx) = outbox::channel(8);
+        let sub = Subscriber {
+            session: 1,
+            vsn: Vsn::V2,
+            outbox,
+        };
+        let epoch = h.topic("comments:1").lock().epoch.clone();
+        let state = h.join(
+            "comments:1",
+            sub,
+            Some(&Since { offset: 1, epoch }),
+            &Metrics::new(),
+            |_| Frame::from("x"),
+        );
+        assert_eq!(state.recovered, Some(false));
+    }
+
+    #[test]
+    fn sweep_forgets_idle_empty_topics_with_a_new_epoch_after() {
+        let h = history(100, 0);
+        h.publish("chat:9", "new_message", |o| json!({ "offset": o }));
+        let epoch = h.topic("chat:9").lock().epoch.clone();
+        std::thread::sleep(Duration::from_millis(5));
+        let h = History {
+            config: HistoryConfig {
+                idle_ttl_s: 0,
+                ..h.config.clone()
+            },
+            ..h
+        };
+        h.sweep();
+        assert_eq!(h.topic_count(), 0);
+        assert_ne!(h.topic("chat:9").lock().epoch, epoch);
+    }
+}
