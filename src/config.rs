@@ -88,6 +88,7 @@ pub struct SocketConfig {
     pub join_burst: u32,
     pub heartbeat_timeout_ms: u64,
     pub outbound_queue_frames: usize,
+    pub outbound_queue_bytes: usize,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub longpoll_poll_ms: u64,
@@ -195,7 +196,11 @@ impl Config {
                 format!("required when auth.algorithm = {:?}", self.auth.algorithm),
             ));
         }
-        let positive: [(&str, u64); 9] = [
+        let positive: [(&str, u64); 10] = [
+            (
+                "socket.outbound_queue_bytes",
+                self.socket.outbound_queue_bytes as u64,
+            ),
             ("history.sweep_interval_s", self.history.sweep_interval_s),
             (
                 "server.listen_backlog",

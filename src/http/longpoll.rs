@@ -142,7 +142,10 @@ async fn new_session(
     if hub.is_shutting_down() {
         return status(json!({"status": 500, "reason": "server shutting down"}));
     }
-    let (outbox, rx) = outbox::channel(hub.config.socket.outbound_queue_frames);
+    let (outbox, rx) = outbox::bounded(
+        hub.config.socket.outbound_queue_frames,
+        hub.config.socket.outbound_queue_bytes,
+    );
     let Some(session) = start_session(hub, Arc::new(claims), vsn, outbox.clone(), TRANSPORT).await
     else {
         return status(json!({"status": 500}));

@@ -75,7 +75,10 @@ pub async fn upgrade(
 }
 
 async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, socket: WebSocket) {
-    let (outbox, rx) = outbox::channel(hub.config.socket.outbound_queue_frames);
+    let (outbox, rx) = outbox::bounded(
+        hub.config.socket.outbound_queue_frames,
+        hub.config.socket.outbound_queue_bytes,
+    );
     let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(sink, rx));
     if let Some(session) = start_session(&hub, user, vsn, outbox.clone(), TRANSPORT).await {

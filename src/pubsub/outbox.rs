@@ -3,10 +3,12 @@
 //!
 //! Producers never wait: a full queue means the client does not keep up, and the
 //! connection is closed as a slow consumer rather than buffering without bound.
+//! The queue is bounded twice: in frames, and in bytes (`socket.outbound_queue_bytes`,
+//! 1 MiB), so a stalled client on a busy topic costs at most that much memory.
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -49,6 +51,9 @@ struct Shared {
     writer: Notify,
     /// Wakes everyone waiting in [`Outbox::closed`].
     closed: Notify,
+    /// Bytes of the frames queued and not yet taken by the writer.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
 }
 
 /// Producer handle; cheap to clone.
@@ -64,14 +69,21 @@ pub struct OutboxReceiver {
     shared: Arc<Shared>,
 }
 
-/// A queue of at most `capacity` frames.
+/// A queue of at most `capacity` frames, with no bound in bytes.
 pub fn channel(capacity: usize) -> (Outbox, OutboxReceiver) {
+    bounded(capacity, usize::MAX)
+}
+
+/// A queue of at most `capacity` frames and `max_bytes` bytes.
+pub fn bounded(capacity: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
         state: AtomicU8::new(OPEN),
         close: Mutex::new(None),
         writer: Notify::new(),
         closed: Notify::new(),
+        queued_bytes: AtomicUsize::new(0),
+        max_bytes,
     });
     (
         Outbox {
@@ -88,10 +100,24 @@ impl Outbox {
         if self.shared.state.load(Ordering::Acquire) != OPEN {
             return Err(PushError::Closed);
         }
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PushError::Full,
-            mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+        let len = frame.len();
+        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before.saturating_add(len) > self.shared.max_bytes {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(PushError::Full);
+        }
+        self.tx.try_send(frame).map_err(|e| {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => PushError::Full,
+                mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+            }
         })
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Acquire)
     }
 
     /// Close after the frames already queued have been written. The first close
@@ -149,6 +175,13 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
+    fn taken(&self, frame: Frame) -> Frame {
+        self.shared
+            .queued_bytes
+            .fetch_sub(frame.len(), Ordering::AcqRel);
+        frame
+    }
+
     fn close_frame(&self) -> Close {
         self.shared.close.lock().clone().unwrap_or(Close {
             code: 1000,
@@ -164,7 +197,7 @@ impl OutboxReceiver {
                 return Outbound::Close(self.close_frame());
             }
             match self.rx.try_recv() {
-                Ok(frame) => return Outbound::Frame(frame),
+                Ok(frame) => return Outbound::Frame(self.taken(frame)),
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     return Outbound::Close(self.close_frame());
                 }
@@ -175,7 +208,7 @@ impl OutboxReceiver {
             }
             tokio::select! {
                 frame = self.rx.recv() => if let Some(frame) = frame {
-                    return Outbound::Frame(frame);
+                    return Outbound::Frame(self.taken(frame));
                 },
                 _ = self.shared.writer.notified() => {}
             }
@@ -187,7 +220,7 @@ impl OutboxReceiver {
         if self.shared.state.load(Ordering::Acquire) == URGENT {
             return None;
         }
-        self.rx.try_recv().ok()
+        self.rx.try_recv().ok().map(|f| self.taken(f))
     }
 }
 
@@ -214,6 +247,22 @@ mod tests {
         assert_eq!(tx.push(Frame::from("c")), Err(PushError::Full));
         tx.close_now(1008, "slow consumer");
         assert!(matches!(rx.recv().await, Outbound::Close(c) if c.code == 1008));
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_counts_what_the_writer_has_not_taken() {
+        let (tx, mut rx) = bounded(100, 10);
+        tx.push(Frame::from("12345")).unwrap();
+        tx.push(Frame::from("1234")).unwrap();
+        assert_eq!(
+            tx.push(Frame::from("12")),
+            Err(PushError::Full),
+            "11 bytes > 10"
+        );
+        assert_eq!(tx.queued_bytes(), 9);
+        assert!(matches!(rx.recv().await, Outbound::Frame(_)));
+        assert_eq!(tx.queued_bytes(), 4);
+        tx.push(Frame::from("12")).unwrap();
     }
 
     #[tokio::test]
