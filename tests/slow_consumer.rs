@@ -69,7 +69,7 @@ async fn a_stalled_client_is_closed_and_memory_stays_flat() {
     let mut victim = joined(&node, "victim").await;
     let mut bob = joined(&node, "bob").await;
     let bob_reads = tokio::spawn(async move { offsets(&mut bob, MESSAGES).await });
-    let mut sender = joined(&node, "sender").await;
+    let sender = joined(&node, "sender").await;
     let before = rss_kib();
 
     // The sender pushes 20 MB and reads everything it gets back.
