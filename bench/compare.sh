@@ -53,7 +53,10 @@ start_server() {
   local name=$1 log="$OUT/$1.log" port
   case $name in
     armoricore)
+      # The peers have no per-client rate limits: lift ours so the search can go high.
       PORT=0 JWT_SECRET="$SECRET" ARMORICORE_SERVER__HOST=127.0.0.1 \
+        ARMORICORE_LIMITS__CONNECTION_EVENTS_PER_S=1000000 ARMORICORE_LIMITS__CONNECTION_EVENTS_BURST=1000000 \
+        ARMORICORE_LIMITS__USER_EVENTS_PER_S=1000000 ARMORICORE_LIMITS__USER_EVENTS_BURST=1000000 \
         ARMORICORE_SERVER__DATA_DIR="$OUT/data" "$BIN/armoricore" --log-format json serve >"$log" 2>&1 &
       WRAPPER_PID=$!; SERVER_PID=$WRAPPER_PID; PROTO=phoenix
       for _ in $(seq 200); do

@@ -55,6 +55,7 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub presence: PresenceConfig,
     pub history: HistoryConfig,
+    pub limits: LimitsConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -128,6 +129,15 @@ pub struct HistoryRule {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub connection_events_per_s: u32,
+    pub connection_events_burst: u32,
+    pub user_events_per_s: u32,
+    pub user_events_burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SupervisionConfig {
     pub max_restarts: u32,
     pub window_ms: u64,
@@ -196,7 +206,15 @@ impl Config {
                 format!("required when auth.algorithm = {:?}", self.auth.algorithm),
             ));
         }
-        let positive: [(&str, u64); 10] = [
+        let positive: [(&str, u64); 12] = [
+            (
+                "limits.connection_events_burst",
+                self.limits.connection_events_burst as u64,
+            ),
+            (
+                "limits.user_events_burst",
+                self.limits.user_events_burst as u64,
+            ),
             (
                 "socket.outbound_queue_bytes",
                 self.socket.outbound_queue_bytes as u64,

@@ -30,6 +30,8 @@ pub struct Hub {
     pub pubsub: Arc<PubSub>,
     pub router: Router,
     pub verifier: Verifier,
+    /// Client-event buckets shared by each user's connections.
+    pub user_limits: crate::limits::UserLimits,
     /// Offsets, epochs and recent messages per topic.
     pub history: crate::history::History,
     /// Presence state; outlives PresenceTracker restarts.
@@ -48,6 +50,10 @@ impl Hub {
         let pubsub = Arc::new(PubSub::new(metrics.clone()));
         let presence_period = std::time::Duration::from_millis(config.presence.broadcast_period_ms);
         let history = config.history.clone();
+        let (user_per_s, user_burst) = (
+            config.limits.user_events_per_s,
+            config.limits.user_events_burst,
+        );
         Hub {
             config: Arc::new(config),
             presence: Arc::new(Presence::new(
@@ -56,6 +62,7 @@ impl Hub {
                 presence_period,
             )),
             history: crate::history::History::new(history, pubsub.clone()),
+            user_limits: crate::limits::UserLimits::new(user_per_s, user_burst),
             pubsub,
             metrics,
             router,

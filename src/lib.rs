@@ -21,6 +21,7 @@
 //! - [`history`]: per-topic offsets, epochs and recent messages; missed-message recovery.
 //! - [`hub`]: the node's shared parts, handed to sessions and routes.
 //! - [`bus`]: the message bus seam (`Bus` trait; in-process implementation).
+//! - [`limits`]: token buckets for joins and client events, per connection and per user.
 //! - [`config`]: the typed configuration (`config/default.toml` + file + env).
 //! - [`metrics`]: every Prometheus series, defined in one place.
 
@@ -31,6 +32,7 @@ pub mod config;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod protocols;
 pub mod pubsub;

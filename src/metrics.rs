@@ -36,6 +36,8 @@ pub struct Metrics {
     pub presences: IntGauge,
     /// Frames refused as malformed, oversize or unsupported.
     pub bad_frames: IntCounterVec,
+    /// Client events refused by a rate limit.
+    pub rate_limited: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -121,6 +123,10 @@ impl Metrics {
                 "armoricore_bad_frames_total",
                 "Inbound frames refused, by reason.",
                 &["reason"],
+            ),
+            rate_limited: counter(
+                "armoricore_rate_limited_total",
+                "Client events refused by a rate limit.",
             ),
             registry: r,
         }

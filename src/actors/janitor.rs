@@ -1,5 +1,5 @@
-//! Janitor: the node's periodic housekeeping — today, sweeping expired history
-//! messages and forgotten topics every `history.sweep_interval_s`.
+//! Janitor: the node's periodic housekeeping every `history.sweep_interval_s`:
+//! expired history messages, forgotten topics, idle per-user rate buckets.
 //!
 //! Supervised by the RootSupervisor (permanent); it owns nothing but its timer.
 
@@ -38,7 +38,10 @@ impl Actor for Janitor {
         hub: &mut Arc<Hub>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            JanitorMsg::Sweep => hub.history.sweep(),
+            JanitorMsg::Sweep => {
+                hub.history.sweep();
+                hub.user_limits.sweep();
+            }
         }
         Ok(())
     }

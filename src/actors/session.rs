@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -22,6 +21,7 @@ use serde_json::{Value, json};
 use crate::channels::{Channel, ChannelCtx, ChannelError, Reply, RouteError};
 use crate::history::{Since, join_response};
 use crate::hub::{Hub, SessionEntry};
+use crate::limits::TokenBucket;
 use crate::protocols::jwt::Claims;
 use crate::protocols::phoenix::{self, Frame, Message, Vsn, events};
 use crate::pubsub::{Outbox, SessionId, Subscriber, offer};
@@ -48,29 +48,6 @@ struct Joined {
     channel: Arc<dyn Channel>,
 }
 
-/// Joins allowed per connection: a token bucket.
-struct JoinBucket {
-    tokens: f64,
-    burst: f64,
-    per_s: f64,
-    last: Instant,
-}
-
-impl JoinBucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_s;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 pub struct SessionState {
     /// Set by `post_stop`: the session ended normally.
     stopped: bool,
@@ -80,7 +57,9 @@ pub struct SessionState {
     vsn: Vsn,
     outbox: Outbox,
     channels: HashMap<String, Joined>,
-    joins: JoinBucket,
+    joins: TokenBucket,
+    /// Client events allowed to this connection.
+    events: TokenBucket,
 }
 
 impl SessionState {
@@ -162,7 +141,15 @@ impl SessionState {
                 self.leave(&m);
                 Ok(())
             }
-            _ => self.handle_in(m).await,
+            _ => {
+                // Connection first, then the user's bucket shared by all their sockets.
+                if !self.events.take() || !self.hub.user_limits.take(&self.user.user_id) {
+                    self.hub.metrics.rate_limited.inc();
+                    self.reply(&m, Reply::error("rate_limited"));
+                    return Ok(());
+                }
+                self.handle_in(m).await
+            }
         }
     }
 
@@ -328,12 +315,12 @@ impl Actor for Session {
     ) -> Result<SessionState, ActorProcessingErr> {
         let id = myself.get_id().pid();
         let socket = &args.hub.config.socket;
-        let joins = JoinBucket {
-            tokens: socket.join_burst as f64,
-            burst: socket.join_burst as f64,
-            per_s: socket.join_rate_per_s as f64,
-            last: Instant::now(),
-        };
+        let joins = TokenBucket::new(socket.join_rate_per_s, socket.join_burst);
+        let limits = &args.hub.config.limits;
+        let events = TokenBucket::new(
+            limits.connection_events_per_s,
+            limits.connection_events_burst,
+        );
         args.hub.register_session(
             id,
             SessionEntry {
@@ -354,6 +341,7 @@ impl Actor for Session {
             outbox: args.outbox,
             channels: HashMap::new(),
             joins,
+            events,
         })
     }
 
