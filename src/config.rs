@@ -114,6 +114,7 @@ pub struct HistoryConfig {
     pub rules: Vec<HistoryRule>,
     pub idle_ttl_s: u64,
     pub sweep_interval_s: u64,
+    pub idempotency_window_s: u64,
 }
 
 /// History kept by the topics starting with `prefix` (the longest match wins).

@@ -53,6 +53,9 @@ struct Entry {
 }
 
 struct TopicHistory {
+    /// Replies of recent pushes by (user, idempotency key), and when they were made.
+    replies: std::collections::HashMap<(String, String), Value>,
+    reply_order: VecDeque<((String, String), Instant)>,
     epoch: String,
     /// Offset of the newest broadcast (0: none yet).
     head: u64,
@@ -63,6 +66,16 @@ struct TopicHistory {
 }
 
 impl TopicHistory {
+    fn expire_replies(&mut self, now: Instant, window: Duration) {
+        while let Some((key, at)) = self.reply_order.front() {
+            if now.duration_since(*at) <= window {
+                break;
+            }
+            self.replies.remove(key);
+            self.reply_order.pop_front();
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         while self
             .ring
@@ -92,6 +105,23 @@ impl TopicHistory {
                 .filter(|e| e.offset > since.offset)
                 .collect(),
         )
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Published {
+    /// Numbered, kept and broadcast.
+    New { offset: u64, reply: Value },
+    /// A retry of a push already published: its first reply, nothing sent.
+    Duplicate { reply: Value },
+}
+
+impl Published {
+    pub fn reply(self) -> Value {
+        match self {
+            Published::New { reply, .. } | Published::Duplicate { reply } => reply,
+        }
     }
 }
 
@@ -146,6 +176,8 @@ impl History {
             .entry(Arc::from(topic))
             .or_insert_with(|| {
                 Arc::new(Mutex::new(TopicHistory {
+                    replies: Default::default(),
+                    reply_order: VecDeque::new(),
                     epoch: new_epoch(),
                     head: 0,
                     ring: VecDeque::with_capacity(size.min(16)),
@@ -159,15 +191,29 @@ impl History {
     }
 
     /// Number the next broadcast of `topic`, keep it, and fan it out, in order.
+    ///
+    /// With an idempotency key (the pushing user's and the client's), a key seen
+    /// within `history.idempotency_window_s` publishes nothing and gives back the
+    /// first push's reply; `reply` builds the reply kept for such retries.
     pub fn publish(
         &self,
         topic: &str,
         event: &str,
+        idempotency: Option<(&str, &str)>,
         payload: impl FnOnce(u64) -> Value,
-    ) -> (u64, Arc<Value>) {
+        reply: impl FnOnce(&Value) -> Value,
+    ) -> Published {
         let t = self.topic(topic);
         let mut h = t.lock();
         let now = Instant::now();
+        if let Some((user, key)) = idempotency {
+            h.expire_replies(now, Duration::from_secs(self.config.idempotency_window_s));
+            if let Some(first) = h.replies.get(&(user.to_string(), key.to_string())) {
+                return Published::Duplicate {
+                    reply: first.clone(),
+                };
+            }
+        }
         h.head += 1;
         h.last_used = now;
         let offset = h.head;
@@ -185,7 +231,13 @@ impl History {
                 at: now,
             });
         }
-        (offset, payload)
+        let reply = reply(&payload);
+        if let Some((user, key)) = idempotency {
+            let id = (user.to_string(), key.to_string());
+            h.replies.insert(id.clone(), reply.clone());
+            h.reply_order.push_back((id, now));
+        }
+        Published::New { offset, reply }
     }
 
     /// Subscribe, queue the join reply built by `reply` from the topic's state,
@@ -229,6 +281,7 @@ impl History {
         self.topics.retain(|topic, t| {
             let mut h = t.lock();
             h.expire(now);
+            h.expire_replies(now, Duration::from_secs(self.config.idempotency_window_s));
             let idle = now.duration_since(h.last_used)
                 > h.ttl.max(Duration::from_secs(self.config.idle_ttl_s));
             !(h.ring.is_empty() && idle && self.pubsub.subscriber_count(topic) == 0)
@@ -270,6 +323,7 @@ mod tests {
             }],
             idle_ttl_s: 600,
             sweep_interval_s: 30,
+            idempotency_window_s: 120,
         };
         History::new(config, Arc::new(PubSub::new(Arc::new(Metrics::new()))))
     }
@@ -305,7 +359,13 @@ mod tests {
     fn recovers_exactly_the_missed_messages_after_the_reply() {
         let h = history(100, 600);
         for i in 1..=5 {
-            h.publish("chat:1", "new_message", |o| json!({ "offset": o, "n": i }));
+            h.publish(
+                "chat:1",
+                "new_message",
+                None,
+                |o| json!({ "offset": o, "n": i }),
+                |p| p.clone(),
+            );
         }
         let (state, _) = join(&h, 1, None);
         assert_eq!((state.offset, state.recovered), (5, None));
@@ -324,7 +384,13 @@ mod tests {
             .collect();
         assert_eq!(offsets, vec![3, 4, 5]);
         // Live broadcasts follow, continuing the sequence.
-        h.publish("chat:1", "new_message", |o| json!({ "offset": o }));
+        h.publish(
+            "chat:1",
+            "new_message",
+            None,
+            |o| json!({ "offset": o }),
+            |p| p.clone(),
+        );
         assert_eq!(frames(&mut rx)[0][4]["offset"], 6);
     }
 
@@ -332,7 +398,13 @@ mod tests {
     fn stale_epoch_or_evicted_offsets_do_not_recover() {
         let h = history(3, 600);
         for _ in 0..10 {
-            h.publish("chat:1", "new_message", |o| json!({ "offset": o }));
+            h.publish(
+                "chat:1",
+                "new_message",
+                None,
+                |o| json!({ "offset": o }),
+                |p| p.clone(),
+            );
         }
         let (state, _) = join(
             &h,
@@ -370,9 +442,21 @@ mod tests {
     #[test]
     fn topics_without_a_rule_keep_offsets_but_no_messages() {
         let h = history(100, 600);
-        h.publish("comments:1", "new_comment", |o| json!({ "offset": o }));
-        let (o, _) = h.publish("comments:1", "new_comment", |o| json!({ "offset": o }));
-        assert_eq!(o, 2);
+        h.publish(
+            "comments:1",
+            "new_comment",
+            None,
+            |o| json!({ "offset": o }),
+            |p| p.clone(),
+        );
+        let published = h.publish(
+            "comments:1",
+            "new_comment",
+            None,
+            |o| json!({ "offset": o }),
+            |p| p.clone(),
+        );
+        assert!(matches!(published, Published::New { offset: 2, .. }));
         let (outbox, _rx) = outbox::channel(8);
         let sub = Subscriber {
             session: 1,
@@ -391,9 +475,64 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_key_publishes_once_and_gets_the_first_reply() {
+        let h = history(100, 600);
+        let (outbox, mut rx) = outbox::channel(16);
+        h.pubsub.subscribe(
+            "chat:1",
+            Subscriber {
+                session: 1,
+                vsn: Vsn::V2,
+                outbox,
+            },
+        );
+        let first = h.publish(
+            "chat:1",
+            "new_message",
+            Some(("alice", "k1")),
+            |o| json!({ "offset": o }),
+            |p| p.clone(),
+        );
+        let retry = h.publish(
+            "chat:1",
+            "new_message",
+            Some(("alice", "k1")),
+            |o| json!({ "offset": o }),
+            |p| p.clone(),
+        );
+        assert_eq!(
+            retry,
+            Published::Duplicate {
+                reply: json!({"offset": 1})
+            }
+        );
+        assert_eq!(first.reply(), json!({"offset": 1}));
+        // Another user's same key is another message.
+        let other = h.publish(
+            "chat:1",
+            "new_message",
+            Some(("bob", "k1")),
+            |o| json!({ "offset": o }),
+            |p| p.clone(),
+        );
+        assert!(matches!(other, Published::New { offset: 2, .. }));
+        assert_eq!(
+            frames(&mut rx).len(),
+            2,
+            "one broadcast per message, none for the retry"
+        );
+    }
+
+    #[test]
     fn sweep_forgets_idle_empty_topics_with_a_new_epoch_after() {
         let h = history(100, 0);
-        h.publish("chat:9", "new_message", |o| json!({ "offset": o }));
+        h.publish(
+            "chat:9",
+            "new_message",
+            None,
+            |o| json!({ "offset": o }),
+            |p| p.clone(),
+        );
         let epoch = h.topic("chat:9").lock().epoch.clone();
         std::thread::sleep(Duration::from_millis(5));
         let h = History {

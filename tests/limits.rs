@@ -77,3 +77,40 @@ async fn a_users_sockets_share_one_bucket() {
     assert_eq!(bob.assert_reply(&r).await["status"], "ok");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_retried_push_with_the_same_idempotency_key_is_one_message() {
+    let node = TestNode::start().await;
+    let mut a = node.connect("alice").await;
+    let mut b = node.connect("bob").await;
+    a.join_ok("chat:room:1").await;
+    b.join_ok("chat:room:1").await;
+    let push = json!({"content": "once", "idempotency_key": "k-1"});
+    let r = a
+        .push(None, "chat:room:1", "new_message", push.clone())
+        .await;
+    let first = a.assert_reply(&r).await;
+    assert_eq!(first["status"], "ok");
+    // The client did not see the reply (say) and retries.
+    let r = a.push(None, "chat:room:1", "new_message", push).await;
+    let retry = a.assert_reply(&r).await;
+    assert_eq!(retry, first, "the original reply, same id and offset");
+    b.assert_push("chat:room:1", "new_message").await;
+    b.refute_push(
+        "chat:room:1",
+        "new_message",
+        std::time::Duration::from_millis(200),
+    )
+    .await;
+    // A bad key is refused, not ignored.
+    let r = a
+        .push(
+            None,
+            "chat:room:1",
+            "new_message",
+            json!({"content": "x", "idempotency_key": 7}),
+        )
+        .await;
+    assert_eq!(a.assert_reply(&r).await["status"], "error");
+    node.shutdown().await;
+}

@@ -44,7 +44,8 @@ fn presence_meta(ctx: &ChannelCtx<'_>) -> Map<String, Value> {
 }
 
 /// Validate `content`, then broadcast `event {id, offset, user_id, content, timestamp}`
-/// to the whole topic (sender included) and reply `{id, offset}`.
+/// to the whole topic (sender included) and reply `{id, offset}`. A retry with the
+/// same `idempotency_key` gets the same reply and broadcasts nothing.
 fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) -> Reply {
     let content = match payload.get("content").and_then(Value::as_str) {
         Some(c) if !c.trim().is_empty() && c.chars().count() <= max_chars => c,
@@ -54,17 +55,28 @@ fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) ->
             ));
         }
     };
+    let key = match payload.get("idempotency_key") {
+        None => None,
+        Some(Value::String(k)) if !k.is_empty() && k.len() <= 128 => Some(k.as_str()),
+        Some(_) => return Reply::error("idempotency_key must be a string of 1 to 128 bytes"),
+    };
     let id = uuid::Uuid::now_v7().to_string();
-    let (offset, _) = ctx.hub.history.publish(ctx.topic, event, |offset| {
-        json!({
-            "id": id,
-            "offset": offset,
-            "user_id": ctx.user.user_id,
-            "content": content,
-            "timestamp": now_rfc3339(),
-        })
-    });
-    Reply::Ok(json!({"id": id, "offset": offset}))
+    let published = ctx.hub.history.publish(
+        ctx.topic,
+        event,
+        key.map(|k| (ctx.user.user_id.as_str(), k)),
+        |offset| {
+            json!({
+                "id": id,
+                "offset": offset,
+                "user_id": ctx.user.user_id,
+                "content": content,
+                "timestamp": now_rfc3339(),
+            })
+        },
+        |sent| json!({"id": sent["id"], "offset": sent["offset"]}),
+    );
+    Reply::Ok(published.reply())
 }
 
 /// `chat:room:{id}`: messages, typing indicators, presence.
