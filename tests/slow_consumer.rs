@@ -64,6 +64,9 @@ async fn a_stalled_client_is_closed_and_memory_stays_flat() {
         // No history: its ring would keep 100 × 100 KB on purpose, which is not
         // what this test measures.
         c.history.rules.clear();
+        // The sender pushes 200 messages at once.
+        c.limits.connection_events_burst = 1000;
+        c.limits.user_events_burst = 1000;
     })
     .await;
     let mut victim = joined(&node, "victim").await;
