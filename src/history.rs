@@ -328,6 +328,11 @@ mod tests {
         History::new(config, Arc::new(PubSub::new(Arc::new(Metrics::new()))))
     }
 
+    /// Publish `{offset}`, replying with the payload itself.
+    fn post(h: &History, topic: &str, event: &str, key: Option<(&str, &str)>) -> Published {
+        h.publish(topic, event, key, |o| json!({ "offset": o }), |p| p.clone())
+    }
+
     fn frames(rx: &mut OutboxReceiver) -> Vec<Value> {
         std::iter::from_fn(|| rx.try_recv())
             .map(|f| serde_json::from_str(f.as_str()).unwrap())
@@ -358,14 +363,8 @@ mod tests {
     #[test]
     fn recovers_exactly_the_missed_messages_after_the_reply() {
         let h = history(100, 600);
-        for i in 1..=5 {
-            h.publish(
-                "chat:1",
-                "new_message",
-                None,
-                |o| json!({ "offset": o, "n": i }),
-                |p| p.clone(),
-            );
+        for _ in 1..=5 {
+            post(&h, "chat:1", "new_message", None);
         }
         let (state, _) = join(&h, 1, None);
         assert_eq!((state.offset, state.recovered), (5, None));
@@ -384,13 +383,7 @@ mod tests {
             .collect();
         assert_eq!(offsets, vec![3, 4, 5]);
         // Live broadcasts follow, continuing the sequence.
-        h.publish(
-            "chat:1",
-            "new_message",
-            None,
-            |o| json!({ "offset": o }),
-            |p| p.clone(),
-        );
+        post(&h, "chat:1", "new_message", None);
         assert_eq!(frames(&mut rx)[0][4]["offset"], 6);
     }
 
@@ -398,13 +391,7 @@ mod tests {
     fn stale_epoch_or_evicted_offsets_do_not_recover() {
         let h = history(3, 600);
         for _ in 0..10 {
-            h.publish(
-                "chat:1",
-                "new_message",
-                None,
-                |o| json!({ "offset": o }),
-                |p| p.clone(),
-            );
+            post(&h, "chat:1", "new_message", None);
         }
         let (state, _) = join(
             &h,
@@ -442,20 +429,8 @@ mod tests {
     #[test]
     fn topics_without_a_rule_keep_offsets_but_no_messages() {
         let h = history(100, 600);
-        h.publish(
-            "comments:1",
-            "new_comment",
-            None,
-            |o| json!({ "offset": o }),
-            |p| p.clone(),
-        );
-        let published = h.publish(
-            "comments:1",
-            "new_comment",
-            None,
-            |o| json!({ "offset": o }),
-            |p| p.clone(),
-        );
+        post(&h, "comments:1", "new_comment", None);
+        let published = post(&h, "comments:1", "new_comment", None);
         assert!(matches!(published, Published::New { offset: 2, .. }));
         let (outbox, _rx) = outbox::channel(8);
         let sub = Subscriber {
@@ -486,20 +461,8 @@ mod tests {
                 outbox,
             },
         );
-        let first = h.publish(
-            "chat:1",
-            "new_message",
-            Some(("alice", "k1")),
-            |o| json!({ "offset": o }),
-            |p| p.clone(),
-        );
-        let retry = h.publish(
-            "chat:1",
-            "new_message",
-            Some(("alice", "k1")),
-            |o| json!({ "offset": o }),
-            |p| p.clone(),
-        );
+        let first = post(&h, "chat:1", "new_message", Some(("alice", "k1")));
+        let retry = post(&h, "chat:1", "new_message", Some(("alice", "k1")));
         assert_eq!(
             retry,
             Published::Duplicate {
@@ -508,13 +471,7 @@ mod tests {
         );
         assert_eq!(first.reply(), json!({"offset": 1}));
         // Another user's same key is another message.
-        let other = h.publish(
-            "chat:1",
-            "new_message",
-            Some(("bob", "k1")),
-            |o| json!({ "offset": o }),
-            |p| p.clone(),
-        );
+        let other = post(&h, "chat:1", "new_message", Some(("bob", "k1")));
         assert!(matches!(other, Published::New { offset: 2, .. }));
         assert_eq!(
             frames(&mut rx).len(),
@@ -526,13 +483,7 @@ mod tests {
     #[test]
     fn sweep_forgets_idle_empty_topics_with_a_new_epoch_after() {
         let h = history(100, 0);
-        h.publish(
-            "chat:9",
-            "new_message",
-            None,
-            |o| json!({ "offset": o }),
-            |p| p.clone(),
-        );
+        post(&h, "chat:9", "new_message", None);
         let epoch = h.topic("chat:9").lock().epoch.clone();
         std::thread::sleep(Duration::from_millis(5));
         let h = History {
