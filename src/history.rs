@@ -39,9 +39,15 @@ pub struct Since {
 }
 
 impl Since {
-    /// `since` from a join payload, if it has a well-formed one.
+    /// `since` from a join payload: `None` when the join does not ask to recover.
+    /// A malformed `since` is a position that cannot be recovered (the reply says
+    /// `recovered: false`), not silence.
     pub fn from_join(payload: &Value) -> Option<Since> {
-        serde_json::from_value(payload.get("since")?.clone()).ok()
+        let since = payload.get("since").filter(|v| !v.is_null())?;
+        Some(serde_json::from_value(since.clone()).unwrap_or(Since {
+            offset: u64::MAX,
+            epoch: String::new(),
+        }))
     }
 }
 
@@ -385,6 +391,23 @@ mod tests {
         // Live broadcasts follow, continuing the sequence.
         post(&h, "chat:1", "new_message", None);
         assert_eq!(frames(&mut rx)[0][4]["offset"], 6);
+    }
+
+    #[test]
+    fn a_malformed_since_asks_to_recover_and_cannot() {
+        let h = history(100, 600);
+        post(&h, "chat:1", "new_message", None);
+        for payload in [
+            json!({"since": {"offset": "3", "epoch": "x"}}),
+            json!({"since": {"offset": 0}}),
+        ] {
+            let since = Since::from_join(&payload);
+            assert!(since.is_some(), "{payload}");
+            let (state, _) = join(&h, 9, since);
+            assert_eq!(state.recovered, Some(false), "{payload}");
+        }
+        assert_eq!(Since::from_join(&json!({"since": null})), None);
+        assert_eq!(Since::from_join(&json!({})), None);
     }
 
     #[test]
