@@ -124,8 +124,7 @@ proptest! {
         let token = v.mint(&claims, Some(Duration::from_secs(600))).unwrap();
         let mut bytes = token.clone().into_bytes();
         let i = at.index(bytes.len());
-        prop_assume!(bytes[i] != byte);
-        bytes[i] = byte;
+        bytes[i] = if bytes[i] == byte { byte.wrapping_add(1) } else { byte };
         let Ok(changed) = String::from_utf8(bytes) else { return Ok(()) };
         // Base64's last character may carry unused bits: a change there can decode
         // to the very same bytes, which is the same token, not a forgery.
