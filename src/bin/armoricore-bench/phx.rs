@@ -100,6 +100,24 @@ impl Failure {
     }
 }
 
+/// TCP connect from `source` to `addr` (TCP_NODELAY) and upgrade on `url`, with the
+/// small client buffers every driver uses.
+pub async fn open(addr: SocketAddr, source: IpAddr, url: &str) -> Result<Ws, Failure> {
+    let socket = TcpSocket::new_v4().map_err(|_| Failure::Bind)?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|_| Failure::Bind)?;
+    let stream = socket.connect(addr).await.map_err(|_| Failure::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+        .await
+        .map_err(|e| match e {
+            WsError::Http(resp) => Failure::Http(resp.status().as_u16()),
+            _ => Failure::Handshake,
+        })?;
+    Ok(ws)
+}
+
 /// Connect from `source`, upgrade with `token`, join every topic and wait for
 /// all the `phx_reply` ok. Join refs are `1..=topics.len()`.
 pub async fn connect_and_join(
@@ -108,23 +126,7 @@ pub async fn connect_and_join(
     token: &str,
     topics: &[String],
 ) -> Result<Ws, Failure> {
-    let socket = TcpSocket::new_v4().map_err(|_| Failure::Bind)?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|_| Failure::Bind)?;
-    let stream = socket
-        .connect(target.addr)
-        .await
-        .map_err(|_| Failure::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let url = target.url_for(token);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
-            .await
-            .map_err(|e| match e {
-                WsError::Http(resp) => Failure::Http(resp.status().as_u16()),
-                _ => Failure::Handshake,
-            })?;
+    let mut ws = open(target.addr, source, &target.url_for(token)).await?;
     for (k, topic) in topics.iter().enumerate() {
         let r = (k + 1).to_string();
         let frame = serde_json::json!([r, r, topic, "phx_join", {}]).to_string();

@@ -29,11 +29,9 @@ use aws_lc_rs::hmac;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::phx::{Failure, Target, Ws};
+use crate::phx::{self, Failure, Target, Ws};
 
 /// The client event [`Conn::publish`] sends (client events must start with `client-`).
 pub const PUBLISH_EVENT: &str = "client-message";
@@ -62,15 +60,6 @@ pub struct Conn {
     activity_timeout: Duration,
     /// Events that arrived while [`Conn::join`] waited for its confirmation.
     pending: VecDeque<(String, Value)>,
-}
-
-/// Small buffers, as in `phx`: a load generator holds thousands of mostly idle sockets.
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(4 << 20))
-        .max_frame_size(Some(4 << 20))
 }
 
 /// The upgrade URL for app `key` on `addr`.
@@ -179,23 +168,8 @@ impl Conn {
     /// `pusher:connection_established`. A `pusher:error` instead (unknown app,
     /// over the connection quota…) is [`Failure::Handshake`].
     pub async fn connect(target: &Target, source: IpAddr, app: &App) -> Result<Conn, Failure> {
-        let socket = TcpSocket::new_v4().map_err(|_| Failure::Bind)?;
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .map_err(|_| Failure::Bind)?;
-        let stream = socket
-            .connect(target.addr)
-            .await
-            .map_err(|_| Failure::Connect)?;
-        let _ = stream.set_nodelay(true);
         let url = url_for(target.addr, &app.key);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
-                .await
-                .map_err(|e| match e {
-                    WsError::Http(resp) => Failure::Http(resp.status().as_u16()),
-                    _ => Failure::Handshake,
-                })?;
+        let mut ws = phx::open(target.addr, source, &url).await?;
         let (socket_id, activity_timeout) = loop {
             let text = next_text(&mut ws).await?;
             let Some((event, _, data)) = parse_frame(&text) else {

@@ -19,33 +19,22 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::phx::{Failure, Target, Ws};
+use crate::phx::{self, Failure, Target, Ws};
 
 /// The upgrade path and query of an Engine.IO v4 WebSocket-only connection.
 pub const PATH: &str = "/socket.io/?EIO=4&transport=websocket";
 
 /// The event a `broadcast` is delivered as.
 pub const EVENT: &str = "message";
-
-/// Small buffers, as in `phx`: a load generator holds thousands of mostly idle sockets.
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(4 << 20))
-        .max_frame_size(Some(4 << 20))
-}
 
 /// The Engine.IO open packet (`0{…}`).
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -220,23 +209,8 @@ impl Conn {
     /// or the Socket.IO connect refused with `44`, e.g. a bad token), and
     /// [`Failure::Closed`].
     pub async fn connect(target: &Target, source: IpAddr, token: &str) -> Result<Conn, Failure> {
-        let socket = TcpSocket::new_v4().map_err(|_| Failure::Bind)?;
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .map_err(|_| Failure::Bind)?;
-        let stream = socket
-            .connect(target.addr)
-            .await
-            .map_err(|_| Failure::Connect)?;
-        let _ = stream.set_nodelay(true);
         let url = format!("ws://{}{PATH}", target.addr);
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
-                .await
-                .map_err(|e| match e {
-                    WsError::Http(resp) => Failure::Http(resp.status().as_u16()),
-                    _ => Failure::Handshake,
-                })?;
+        let ws = phx::open(target.addr, source, &url).await?;
         let mut conn = Conn {
             ws,
             handshake: Handshake {
