@@ -1,9 +1,11 @@
 //! The WebSocket transport: `GET /socket/websocket?vsn=2.0.0&token=JWT`.
 //!
 //! Authentication happens before the upgrade (401/403 with a JSON reason). Each
-//! connection then has a Session actor, a reader (this task: decode, heartbeat
-//! timeout, limits) and a writer task that alone writes to the socket, draining the
-//! connection's [`Outbox`] in batches (`feed` several frames, then one `flush`).
+//! connection then has a Session actor and one task (this one) that owns the
+//! socket: it drains the connection's [`Outbox`] in batches (`feed` several
+//! frames, then one `flush`), reads and decodes frames for the session, and
+//! enforces the heartbeat timeout and the limits. One task rather than a reader
+//! and a writer: less memory per connection, no lock around a split socket.
 //!
 //! Close codes: 1001 server shutting down or heartbeat timeout, 1002 WebSocket
 //! protocol error, 1003 binary frame, 1007 malformed frame or invalid UTF-8,
@@ -16,7 +18,6 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ractor::ActorRef;
 
@@ -28,11 +29,11 @@ use crate::hub::Hub;
 use crate::protocols::jwt::Claims;
 use crate::protocols::phoenix::Vsn;
 use crate::pubsub::Outbox;
-use crate::pubsub::outbox::{self, Outbound, OutboxReceiver};
+use crate::pubsub::outbox::{self, Close, Outbound, OutboxReceiver};
 
 const TRANSPORT: &str = "websocket";
-/// How long the writer may take to flush and close once the connection ends.
-const WRITER_GRACE: Duration = Duration::from_secs(5);
+/// How long sending the close frame may take once the connection ends.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 64;
 
@@ -74,74 +75,114 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(hub, Arc::new(claims), vsn, socket))
 }
 
-async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, socket: WebSocket) {
-    let (outbox, rx) = outbox::bounded(
+async fn serve(hub: Arc<Hub>, user: Arc<Claims>, vsn: Vsn, mut socket: WebSocket) {
+    let (outbox, mut rx) = outbox::bounded(
         hub.config.socket.outbound_queue_frames,
         hub.config.socket.outbound_queue_bytes,
     );
-    let (sink, stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, rx));
-    if let Some(session) = start_session(&hub, user, vsn, outbox.clone(), TRANSPORT).await {
-        tokio::select! {
-            // The server closed the connection (slow consumer, crash, shutdown): stop
-            // reading, so the session ends now, not when the client next goes quiet.
-            _ = outbox.closed() => {}
-            _ = read_loop(&hub, &session, vsn, &outbox, stream) => {}
+    let close = match start_session(&hub, user, vsn, outbox.clone(), TRANSPORT).await {
+        Some(session) => {
+            let close = pump(&hub, &session, vsn, &outbox, &mut rx, &mut socket).await;
+            session.stop(None);
+            close
         }
-        session.stop(None);
-    } else {
-        outbox.close_now(1011, "cannot start session");
-    }
-    // Whatever ended the loop, make sure the writer closes the socket and ends; a
-    // peer that stops reading gets a bounded wait, then the socket is dropped.
-    outbox.close(1000, "");
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
+        None => Some(Close {
+            code: 1011,
+            reason: "cannot start session".into(),
+        }),
+    };
+    // Send the close frame (or answer the client's), with a bounded wait: a peer
+    // that stops reading must not hold the connection.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if let Some(close) = close {
+            let frame = CloseFrame {
+                code: close.code,
+                reason: close.reason.as_ref().into(),
+            };
+            let _ = socket.send(WsMessage::Close(Some(frame))).await;
+        }
+        let _ = socket.close().await;
+    })
+    .await;
 }
 
-/// Read frames and hand them to the session until the client leaves or a bad
-/// frame or the heartbeat timeout closes the connection.
-async fn read_loop(
+/// The connection's one task: write what the outbox holds (in batches: `feed`
+/// several frames, then one `flush`), read frames and hand them to the session,
+/// and enforce the heartbeat timeout. Returns the close to send, or `None` when
+/// the client left first.
+async fn pump(
     hub: &Hub,
     session: &ActorRef<SessionMsg>,
     vsn: Vsn,
     outbox: &Outbox,
-    mut stream: SplitStream<WebSocket>,
-) {
+    rx: &mut OutboxReceiver,
+    socket: &mut WebSocket,
+) -> Option<Close> {
     let heartbeat = hub.config.heartbeat_timeout();
     let max = hub.config.socket.max_frame_bytes;
+    let mut deadline = tokio::time::Instant::now() + heartbeat;
     loop {
-        let next = match tokio::time::timeout(heartbeat, stream.next()).await {
-            Err(_) => return outbox.close_now(1001, "heartbeat timeout"),
-            Ok(None) => return,
-            Ok(Some(next)) => next,
-        };
-        let text = match next {
-            Ok(WsMessage::Text(text)) => text,
-            Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
-            Ok(WsMessage::Close(_)) => return,
-            Ok(WsMessage::Binary(_)) => {
-                hub.metrics.bad_frames.with_label_values(&["binary"]).inc();
-                return outbox.close(1003, "binary frames are not supported");
-            }
-            Err(e) => {
-                if let Some((code, label, reason)) = read_error_close(&e, max) {
-                    hub.metrics.bad_frames.with_label_values(&[label]).inc();
-                    outbox.close_now(code, reason);
+        tokio::select! {
+            biased;
+            out = rx.recv() => match out {
+                Outbound::Close(close) => return Some(close),
+                Outbound::Frame(frame) => {
+                    // A stalled client must not block an urgent close decided
+                    // meanwhile (slow consumer, crash); a graceful one waits its turn.
+                    let written = tokio::select! {
+                        written = write_batch(socket, rx, frame) => written,
+                        _ = outbox.closed_now() => Ok(()),
+                    };
+                    if written.is_err() {
+                        return None;
+                    }
                 }
-                return;
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                outbox.close_now(1001, "heartbeat timeout");
             }
-        };
-        match receive(hub, session, vsn, &text).await {
-            Received::Handled => {}
-            Received::SessionGone => return,
-            Received::Malformed(reason) => return outbox.close(1007, reason),
+            next = socket.next() => {
+                deadline = tokio::time::Instant::now() + heartbeat;
+                let text = match next {
+                    None | Some(Ok(WsMessage::Close(_))) => return None,
+                    Some(Ok(WsMessage::Text(text))) => text,
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        hub.metrics.bad_frames.with_label_values(&["binary"]).inc();
+                        outbox.close(1003, "binary frames are not supported");
+                        continue;
+                    }
+                    Some(Err(e)) => match read_error_close(&e, max) {
+                        Some((code, label, reason)) => {
+                            hub.metrics.bad_frames.with_label_values(&[label]).inc();
+                            outbox.close_now(code, reason);
+                            continue;
+                        }
+                        None => return None,
+                    },
+                };
+                match receive(hub, session, vsn, &text).await {
+                    Received::Handled => {}
+                    Received::SessionGone => return Some(Close { code: 1011, reason: "internal error".into() }),
+                    Received::Malformed(reason) => outbox.close(1007, reason),
+                }
+            }
         }
     }
+}
+
+/// Write `first` and whatever else is queued (up to [`WRITE_BATCH`]), then flush.
+async fn write_batch(
+    socket: &mut WebSocket,
+    rx: &mut OutboxReceiver,
+    first: crate::protocols::phoenix::Frame,
+) -> Result<(), axum::Error> {
+    socket.feed(WsMessage::Text(first)).await?;
+    for _ in 1..WRITE_BATCH {
+        let Some(frame) = rx.try_recv() else { break };
+        socket.feed(WsMessage::Text(frame)).await?;
+    }
+    socket.flush().await
 }
 
 /// The close to answer a read error with: (code, metric label, reason); `None` when
@@ -173,34 +214,4 @@ fn read_error_close(e: &axum::Error, max: usize) -> Option<(u16, &'static str, S
         }
     }
     None
-}
-
-async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: OutboxReceiver) {
-    loop {
-        match rx.recv().await {
-            Outbound::Frame(frame) => {
-                if sink.feed(WsMessage::Text(frame)).await.is_err() {
-                    return;
-                }
-                for _ in 1..WRITE_BATCH {
-                    let Some(frame) = rx.try_recv() else { break };
-                    if sink.feed(WsMessage::Text(frame)).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-            Outbound::Close(close) => {
-                let frame = CloseFrame {
-                    code: close.code,
-                    reason: close.reason.as_ref().into(),
-                };
-                let _ = sink.send(WsMessage::Close(Some(frame))).await;
-                let _ = sink.close().await;
-                return;
-            }
-        }
-    }
 }

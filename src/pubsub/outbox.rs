@@ -150,11 +150,20 @@ impl Outbox {
 
     /// Resolves once a close has been requested (or the writer is gone).
     pub async fn closed(&self) {
+        self.state_reaches(CLOSING).await
+    }
+
+    /// Resolves once an urgent close ([`Outbox::close_now`]) has been requested.
+    pub async fn closed_now(&self) {
+        self.state_reaches(URGENT).await
+    }
+
+    async fn state_reaches(&self, level: u8) {
         loop {
             let notified = self.shared.closed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.shared.state.load(Ordering::Acquire) != OPEN {
+            if self.shared.state.load(Ordering::Acquire) >= level {
                 return;
             }
             tokio::select! {
