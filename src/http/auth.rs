@@ -50,6 +50,7 @@ pub fn find_token(headers: &HeaderMap, query_token: Option<&str>) -> Option<Stri
             headers
                 .get("x-phoenix-authtoken")
                 .and_then(|v| v.to_str().ok())
+                .filter(|t| !t.is_empty())
                 .map(str::to_string)
         })
         .or_else(|| {
@@ -57,7 +58,9 @@ pub fn find_token(headers: &HeaderMap, query_token: Option<&str>) -> Option<Stri
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .map(|t| t.trim().to_string())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
         })
         .or_else(|| query_token.map(str::to_string))
 }
@@ -117,5 +120,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer xyz".parse().unwrap());
         assert_eq!(find_token(&h, None).as_deref(), Some("xyz"));
+        // An empty header is no token: the next source is used (found by fuzzing).
+        let mut h = HeaderMap::new();
+        h.insert("x-phoenix-authtoken", "".parse().unwrap());
+        h.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(find_token(&h, Some("q")).as_deref(), Some("q"));
     }
 }
