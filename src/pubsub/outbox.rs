@@ -49,7 +49,7 @@ struct Shared {
     close: Mutex<Option<Close>>,
     /// Wakes the writer (a stored permit, so a close is never missed).
     writer: Notify,
-    /// Wakes everyone waiting in [`Outbox::closed`].
+    /// Wakes everyone waiting in [`Outbox::closed_now`].
     closed: Notify,
     /// Bytes of the frames queued and not yet taken by the writer.
     queued_bytes: AtomicUsize,
@@ -133,7 +133,7 @@ impl Outbox {
 
     fn set_close(&self, code: u16, reason: Cow<'static, str>, level: u8) {
         let mut slot = self.shared.close.lock();
-        if self.shared.state.load(Ordering::Acquire) >= level {
+        if self.shared.state.load(Ordering::Acquire) == URGENT {
             return;
         }
         *slot = Some(Close { code, reason });
@@ -148,22 +148,14 @@ impl Outbox {
         self.tx.is_closed() || self.shared.state.load(Ordering::Acquire) != OPEN
     }
 
-    /// Resolves once a close has been requested (or the writer is gone).
-    pub async fn closed(&self) {
-        self.state_reaches(CLOSING).await
-    }
-
-    /// Resolves once an urgent close ([`Outbox::close_now`]) has been requested.
+    /// Resolves once an urgent close ([`Outbox::close_now`]) has been requested
+    /// (or the writer is gone): a write to a stalled client must give way to it.
     pub async fn closed_now(&self) {
-        self.state_reaches(URGENT).await
-    }
-
-    async fn state_reaches(&self, level: u8) {
         loop {
             let notified = self.shared.closed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.shared.state.load(Ordering::Acquire) >= level {
+            if self.shared.state.load(Ordering::Acquire) == URGENT {
                 return;
             }
             tokio::select! {
@@ -285,16 +277,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn closed_resolves_for_every_waiter() {
+    async fn closed_now_resolves_for_every_waiter_on_an_urgent_close() {
         let (tx, _rx) = channel(4);
         let (a, b) = (tx.clone(), tx.clone());
-        let wa = tokio::spawn(async move { a.closed().await });
-        let wb = tokio::spawn(async move { b.closed().await });
+        let wa = tokio::spawn(async move { a.closed_now().await });
+        let wb = tokio::spawn(async move { b.closed_now().await });
         tokio::task::yield_now().await;
         tx.close(1000, "");
+        tokio::task::yield_now().await;
+        assert!(!wa.is_finished(), "a graceful close is not urgent");
+        tx.close_now(1008, "slow consumer");
         wa.await.unwrap();
         wb.await.unwrap();
-        tx.closed().await; // already closed: returns at once
+        tx.closed_now().await; // already closed: returns at once
     }
 
     #[tokio::test]
