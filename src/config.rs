@@ -20,6 +20,7 @@ const ENV_PREFIX: &str = "ARMORICORE_";
 const LEGACY_ENV: &[(&str, &str, &str)] = &[
     ("PORT", "server", "port"),
     ("JWT_SECRET", "auth", "jwt_secret"),
+    ("MESSAGE_BUS_URL", "bus", "url"),
 ];
 
 /// Why configuration could not be loaded.
@@ -56,6 +57,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub history: HistoryConfig,
     pub limits: LimitsConfig,
+    pub bus: BusConfig,
+    pub api: ApiConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -137,6 +140,38 @@ pub struct LimitsConfig {
     pub user_events_burst: u32,
 }
 
+/// The message bus (`[bus]` in config/default.toml documents each key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub url: String,
+    pub subject_prefix: String,
+    pub source: String,
+    pub stream: String,
+    pub work_max_age_s: u64,
+    pub consumer_prefix: String,
+    pub dlq_prefix: String,
+    pub dlq_stream: String,
+    pub dlq_max_age_s: u64,
+    pub ack_wait_ms: u64,
+    pub max_deliver: u32,
+    pub backoff_ms: Vec<u64>,
+    pub max_ack_pending: i64,
+    pub concurrency: usize,
+    pub job_timeout_s: u64,
+    pub dedupe_window_s: u64,
+    pub buffer_events: usize,
+    pub reconnect_max_delay_ms: u64,
+    pub publish_chat: bool,
+    pub publish_presence: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub key: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisionConfig {
@@ -207,7 +242,12 @@ impl Config {
                 format!("required when auth.algorithm = {:?}", self.auth.algorithm),
             ));
         }
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 17] = [
+            ("bus.ack_wait_ms", self.bus.ack_wait_ms),
+            ("bus.max_deliver", self.bus.max_deliver as u64),
+            ("bus.concurrency", self.bus.concurrency as u64),
+            ("bus.buffer_events", self.bus.buffer_events as u64),
+            ("bus.max_ack_pending", self.bus.max_ack_pending.max(0) as u64),
             (
                 "limits.connection_events_burst",
                 self.limits.connection_events_burst as u64,
@@ -243,6 +283,16 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if self.bus.backoff_ms.is_empty() {
+            return Err(invalid("bus.backoff_ms", "needs at least one delay"));
+        }
+        let bus_url = &self.bus.url;
+        if !bus_url.is_empty() && !bus_url.split(',').all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://")) {
+            return Err(invalid(
+                "bus.url",
+                format!("expected nats://host:port (or tls://), got {bus_url:?}"),
+            ));
         }
         if self.socket.longpoll_idle_ms <= self.socket.longpoll_poll_ms {
             return Err(invalid(
@@ -332,6 +382,20 @@ fn apply_env(
                         format!("expected true or false, got {raw:?} (from {name})"),
                     )
                 })?,
+            Value::Array(_) => {
+                let items: Result<Vec<Value>, _> = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<i64>().map(Value::Integer))
+                    .collect();
+                Value::Array(items.map_err(|_| {
+                    invalid(
+                        &path,
+                        format!("expected comma-separated integers, got {raw:?} (from {name})"),
+                    )
+                })?)
+            }
             _ => {
                 return Err(invalid(
                     &path,
@@ -370,9 +434,13 @@ mod tests {
                 ("PORT", "4100"),
                 ("JWT_SECRET", "123"),
                 ("ARMORICORE_SOCKET__MAX_CHANNELS", "7"),
+                ("MESSAGE_BUS_URL", "nats://127.0.0.1:4222"),
+                ("ARMORICORE_BUS__BACKOFF_MS", "10, 20"),
             ]),
         )
         .unwrap();
+        assert_eq!(c.bus.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.bus.backoff_ms, vec![10, 20]);
         assert_eq!(c.server.port, 4100);
         assert_eq!(c.auth.jwt_secret, "123");
         assert_eq!(c.socket.max_channels, 7);
@@ -392,6 +460,11 @@ mod tests {
         let e =
             Config::load_from(None, env(&[("ARMORICORE_AUTH__ALGORITHM", "none")])).unwrap_err();
         assert!(e.to_string().starts_with("auth.algorithm:"), "{e}");
+        let e = Config::load_from(None, env(&[("MESSAGE_BUS_URL", "localhost")])).unwrap_err();
+        assert!(e.to_string().starts_with("bus.url: expected nats://"), "{e}");
+        let e =
+            Config::load_from(None, env(&[("ARMORICORE_BUS__BACKOFF_MS", "1,x")])).unwrap_err();
+        assert!(e.to_string().starts_with("bus.backoff_ms:"), "{e}");
     }
 
     #[test]

@@ -10,9 +10,12 @@ use parking_lot::RwLock;
 use ractor::ActorCell;
 use tokio::sync::watch;
 
+use crate::actors::bridge::Handled;
 use crate::actors::presence::Presence;
+use crate::bus::{Bus, Outlet};
 use crate::channels::Router;
 use crate::config::Config;
+use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::protocols::jwt::Verifier;
 use crate::pubsub::{Outbox, PubSub, SessionId};
@@ -21,6 +24,8 @@ use crate::pubsub::{Outbox, PubSub, SessionId};
 pub struct SessionEntry {
     pub outbox: Outbox,
     pub transport: &'static str,
+    /// The connection's user (`sub`), so one call can close all of a user's sockets.
+    pub user_id: Arc<str>,
 }
 
 /// Everything a connection needs from its node.
@@ -36,6 +41,15 @@ pub struct Hub {
     pub history: crate::history::History,
     /// Presence state; outlives PresenceTracker restarts.
     pub presence: Arc<Presence>,
+    /// The message bus, and the node's way of publishing its own events on it.
+    pub bus: Arc<dyn Bus>,
+    pub outlet: Outlet,
+    /// Who handles each kind of work event, and which events were handled already
+    /// (both outlive BusBridge restarts).
+    pub jobs: Jobs,
+    pub handled: Handled,
+    /// Media owners seen on the bus, for `media:{id}` joins.
+    pub media_owners: crate::channels::rooms::MediaOwners,
     session_supervisor: RwLock<Option<ActorCell>>,
     /// Live sessions and their outbound queues (for shutdown and queue-depth metrics).
     pub sessions: DashMap<SessionId, SessionEntry>,
@@ -45,8 +59,16 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(config: Config, router: Router, verifier: Verifier) -> Hub {
-        let metrics = Arc::new(Metrics::new());
+    pub fn new(
+        config: Config,
+        router: Router,
+        verifier: Verifier,
+        metrics: Arc<Metrics>,
+        bus: Arc<dyn Bus>,
+        jobs: Jobs,
+    ) -> Hub {
+        let outlet = Outlet::new(bus.clone(), config.bus.clone(), metrics.clone());
+        let presence_outlet = config.bus.publish_presence.then(|| outlet.clone());
         let pubsub = Arc::new(PubSub::new(metrics.clone()));
         let presence_period = std::time::Duration::from_millis(config.presence.broadcast_period_ms);
         let history = config.history.clone();
@@ -60,7 +82,13 @@ impl Hub {
                 pubsub.clone(),
                 metrics.clone(),
                 presence_period,
+                presence_outlet,
             )),
+            bus,
+            outlet,
+            jobs,
+            handled: Handled::default(),
+            media_owners: Default::default(),
             history: crate::history::History::new(history, pubsub.clone()),
             user_limits: crate::limits::UserLimits::new(user_per_s, user_burst),
             pubsub,
@@ -122,6 +150,18 @@ impl Hub {
         for entry in self.sessions.iter() {
             entry.value().outbox.close(code, reason);
         }
+    }
+
+    /// Close every connection of `user_id` (`POST /api/disconnect`); how many.
+    pub fn disconnect_user(&self, user_id: &str, code: u16, reason: &'static str) -> usize {
+        let mut closed = 0;
+        for entry in self.sessions.iter() {
+            if &*entry.value().user_id == user_id {
+                entry.value().outbox.close(code, reason);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Outbound frames waiting across all connections (sampled for `/metrics`).

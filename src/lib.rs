@@ -12,15 +12,19 @@
 //!   - [`actors::session`]: one per connection; runs its channels, contains their crashes.
 //!   - [`actors::presence`]: Phoenix.Presence state and diffs.
 //!   - [`actors::gateway`]: the HTTP listener.
+//!   - [`actors::bridge`]: BusBridge: work events to their handlers, results to pushes.
 //! - [`channels`]: the `Channel` trait, the topic router, and the standard topics
 //!   (`chat:room:*`, `comments:stream:*`, `presence:room:*`, `user:*`) in [`channels::rooms`].
 //! - [`pubsub`]: topic registry and broadcast fan-out (encode once, queue the same
 //!   bytes to every subscriber); [`pubsub::outbox`] is a connection's outbound queue.
 //! - [`protocols`]: wire formats: [`protocols::phoenix`] frames (V1/V2), [`protocols::jwt`].
-//! - [`http`]: routes: WebSocket and long-poll transports, `/metrics`, `/health`, `/ready`.
+//! - [`http`]: routes: WebSocket and long-poll transports, `/metrics`, `/health`,
+//!   `/ready`, and the server API ([`http::api`]).
 //! - [`history`]: per-topic offsets, epochs and recent messages; missed-message recovery.
 //! - [`hub`]: the node's shared parts, handed to sessions and routes.
-//! - [`bus`]: the message bus seam (`Bus` trait; in-process implementation).
+//! - [`bus`]: the message bus: `Bus` trait, in-process and NATS/JetStream
+//!   implementations, [`bus::events`] (envelope and payload schemas), [`bus::Outlet`].
+//! - [`jobs`]: the `JobHandler` a work subject is handed to, and how a job ends.
 //! - [`limits`]: token buckets for joins and client events, per connection and per user.
 //! - [`config`]: the typed configuration (`config/default.toml` + file + env).
 //! - [`metrics`]: every Prometheus series, defined in one place.
@@ -32,6 +36,7 @@ pub mod config;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod protocols;

@@ -38,6 +38,28 @@ pub struct Metrics {
     pub bad_frames: IntCounterVec,
     /// Client events refused by a rate limit.
     pub rate_limited: IntCounter,
+    /// 1 while the message bus is reachable.
+    pub bus_connected: IntGauge,
+    /// Reconnections to the message bus after a loss.
+    pub bus_reconnects: IntCounter,
+    /// Events received from the bus, by subject (work deliveries and plain events).
+    pub bus_events_in: IntCounterVec,
+    /// Events this node put on the bus, by subject.
+    pub bus_events_out: IntCounterVec,
+    /// Events sent to the dead letters, by subject and reason (`invalid`, `max_deliveries`).
+    pub bus_dead_letters: IntCounterVec,
+    /// Work deliveries that were redeliveries, by subject.
+    pub bus_redeliveries: IntCounterVec,
+    /// Deliveries of an `event_id` already handled within the dedupe window, by subject.
+    pub bus_duplicates: IntCounterVec,
+    /// Events that could not be put on the bus (buffer full while unreachable).
+    pub bus_dropped: IntCounter,
+    /// Jobs running on this node.
+    pub jobs_running: IntGauge,
+    /// Jobs ended, by work subject and result (`done`, `failed`, `retry`, `not_supported`).
+    pub jobs: IntCounterVec,
+    /// Time from a work delivery to its acknowledgement.
+    pub job_seconds: Histogram,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -127,6 +149,54 @@ impl Metrics {
             rate_limited: counter(
                 "armoricore_rate_limited_total",
                 "Client events refused by a rate limit.",
+            ),
+            bus_connected: gauge(
+                "armoricore_bus_connected",
+                "1 while the message bus is reachable.",
+            ),
+            bus_reconnects: counter(
+                "armoricore_bus_reconnects_total",
+                "Reconnections to the message bus.",
+            ),
+            bus_events_in: counter_vec(
+                "armoricore_bus_events_in_total",
+                "Events received from the bus.",
+                &["subject"],
+            ),
+            bus_events_out: counter_vec(
+                "armoricore_bus_events_out_total",
+                "Events put on the bus.",
+                &["subject"],
+            ),
+            bus_dead_letters: counter_vec(
+                "armoricore_bus_dead_letters_total",
+                "Events sent to the dead-letter subject.",
+                &["subject", "reason"],
+            ),
+            bus_redeliveries: counter_vec(
+                "armoricore_bus_redeliveries_total",
+                "Work deliveries that were redeliveries.",
+                &["subject"],
+            ),
+            bus_duplicates: counter_vec(
+                "armoricore_bus_duplicates_total",
+                "Deliveries of an event_id already handled.",
+                &["subject"],
+            ),
+            bus_dropped: counter(
+                "armoricore_bus_dropped_total",
+                "Events that could not be put on the bus.",
+            ),
+            jobs_running: gauge("armoricore_jobs_running", "Jobs running on this node."),
+            jobs: counter_vec(
+                "armoricore_jobs_total",
+                "Jobs ended, by work subject and result.",
+                &["subject", "result"],
+            ),
+            job_seconds: histogram(
+                "armoricore_job_seconds",
+                "Time from a work delivery to its acknowledgement.",
+                prometheus::exponential_buckets(1e-4, 4.0, 12).expect("valid buckets"),
             ),
             registry: r,
         }

@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 use crate::channels::Router;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::jobs::Jobs;
+use crate::metrics::Metrics;
 use crate::protocols::jwt::{self, KeyError, Verifier};
 use crate::supervisors::root::{Child, RootArgs, RootMsg, RootSupervisor};
 
@@ -32,6 +34,8 @@ pub enum StartError {
     },
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error("message bus: {0}")]
+    Bus(#[from] crate::bus::BusError),
     #[error("supervision tree failed to start: {0}")]
     Spawn(#[from] ractor::SpawnErr),
 }
@@ -121,15 +125,29 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start a node serving on `listener` with the routes in `router`.
+    /// Start a node serving on `listener` with the routes in `router` and no job
+    /// handlers (every work event is answered `not_supported`).
     pub async fn start(
         config: Config,
         router: Router,
         listener: std::net::TcpListener,
     ) -> Result<Node, StartError> {
+        Node::start_with_jobs(config, router, Jobs::new(), listener).await
+    }
+
+    /// Start a node with the job handlers in `jobs`.
+    pub async fn start_with_jobs(
+        config: Config,
+        router: Router,
+        jobs: Jobs,
+        listener: std::net::TcpListener,
+    ) -> Result<Node, StartError> {
         let verifier = verifier(&config)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
-        let hub = Arc::new(Hub::new(config, router, verifier));
+        let metrics = Arc::new(Metrics::new());
+        let bus = crate::bus::connect(&config.bus, metrics.clone()).await?;
+        tracing::info!(bus = bus.kind(), "message bus");
+        let hub = Arc::new(Hub::new(config, router, verifier, metrics, bus, jobs));
         let args = RootArgs {
             hub: hub.clone(),
             listener: Arc::new(listener),

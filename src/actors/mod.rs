@@ -4,7 +4,9 @@
 //! - [`presence::PresenceTracker`]: presence state and diffs for the node.
 //! - [`gateway::Gateway`]: the HTTP listener.
 //! - [`janitor::Janitor`]: periodic housekeeping (history sweeps).
+//! - [`bridge::BusBridge`]: the message bus's end: work in, results out, pushes.
 
+pub mod bridge;
 pub mod gateway;
 pub mod janitor;
 pub mod presence;

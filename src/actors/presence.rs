@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Map, Value, json};
 
+use crate::bus::Outlet;
 use crate::metrics::Metrics;
 use crate::protocols::phoenix::{self, Vsn};
 use crate::pubsub::{Outbox, PubSub, SessionId, offer};
@@ -144,16 +145,32 @@ pub struct Presence {
     broadcast_period: Duration,
     pubsub: Arc<PubSub>,
     metrics: Arc<Metrics>,
+    /// Where `presence.update` events go (`bus.publish_presence`).
+    outlet: Option<Outlet>,
+}
+
+/// The room id of a topic whose presence changes are published (`chat:room:{id}`,
+/// `presence:room:{id}`).
+fn room_of(topic: &str) -> Option<&str> {
+    topic
+        .strip_prefix("chat:room:")
+        .or_else(|| topic.strip_prefix("presence:room:"))
 }
 
 impl Presence {
-    pub fn new(pubsub: Arc<PubSub>, metrics: Arc<Metrics>, broadcast_period: Duration) -> Presence {
+    pub fn new(
+        pubsub: Arc<PubSub>,
+        metrics: Arc<Metrics>,
+        broadcast_period: Duration,
+        outlet: Option<Outlet>,
+    ) -> Presence {
         Presence {
             inner: Mutex::default(),
             tracker: RwLock::new(None),
             broadcast_period,
             pubsub,
             metrics,
+            outlet,
         }
     }
 
@@ -304,20 +321,73 @@ impl Presence {
 
     /// Broadcast every pending diff; their topics' snapshots are now stale.
     pub fn flush(&self) {
-        let pending = {
+        let (pending, updates) = {
             let mut inner = self.inner.lock();
             inner.flush_scheduled = false;
             let pending = std::mem::take(&mut inner.pending);
             for topic in pending.keys() {
                 inner.snapshots.remove(topic);
             }
-            pending
+            let updates = match &self.outlet {
+                Some(_) => user_updates(&inner.table, &pending),
+                None => Vec::new(),
+            };
+            (pending, updates)
         };
         for (topic, (joins, leaves)) in pending {
             let payload = json!({"joins": group(&joins), "leaves": group(&leaves)});
             self.pubsub.broadcast(&topic, DIFF, &payload, None);
         }
+        if let Some(outlet) = &self.outlet {
+            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            for (topic, user_id, status) in updates {
+                let Some(room) = room_of(&topic) else {
+                    continue;
+                };
+                let payload = json!({
+                    "user_id": user_id, "room_id": room, "status": status,
+                    "timestamp": now, "topic": topic,
+                });
+                if let Value::Object(payload) = payload {
+                    outlet.emit(crate::bus::events::PRESENCE_UPDATE, payload);
+                }
+            }
+        }
     }
+}
+
+/// Per user, what a flush changes: `(topic, user_id, status)` — the status of the
+/// user's latest join, or `offline` when their last connection left the topic (a
+/// user with two tabs who closes one has not gone offline).
+fn user_updates(
+    table: &Table,
+    pending: &HashMap<String, (Vec<Entry>, Vec<Entry>)>,
+) -> Vec<(String, String, String)> {
+    let mut updates = Vec::new();
+    for (topic, (joins, leaves)) in pending {
+        if room_of(topic).is_none() {
+            continue;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for e in joins.iter().rev() {
+            if seen.insert(e.key.as_str()) {
+                let status = e.meta.get("status").and_then(Value::as_str).unwrap_or("online");
+                updates.push((topic.clone(), e.key.clone(), status.to_string()));
+            }
+        }
+        let present = |key: &str| {
+            table
+                .topics
+                .get(topic)
+                .is_some_and(|entries| entries.iter().any(|e| e.key == key))
+        };
+        for e in leaves {
+            if seen.insert(e.key.as_str()) && !present(&e.key) {
+                updates.push((topic.clone(), e.key.clone(), "offline".to_string()));
+            }
+        }
+    }
+    updates
 }
 
 /// The presence tracker actor: the timer of presence flushes.
@@ -385,7 +455,7 @@ mod tests {
             outbox: outbox.clone(),
         };
         pubsub.subscribe("room", sub);
-        let presence = Arc::new(Presence::new(pubsub, metrics, period));
+        let presence = Arc::new(Presence::new(pubsub, metrics, period, None));
         if with_tracker {
             let (actor, _) = Actor::spawn(None, PresenceTracker, presence.clone())
                 .await

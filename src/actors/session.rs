@@ -326,6 +326,7 @@ impl Actor for Session {
             SessionEntry {
                 outbox: args.outbox.clone(),
                 transport: args.transport,
+                user_id: Arc::from(args.user.user_id.as_str()),
             },
         );
         if args.hub.is_shutting_down() {

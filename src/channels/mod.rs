@@ -171,6 +171,7 @@ impl Router {
             )
             .route("presence:room:", Access::Public, rooms::PresenceRoom)
             .route("user:", Access::OwnUser, rooms::UserTopic)
+            .route("media:", Access::Public, rooms::MediaTopic)
     }
 
     /// Add a route; a topic goes to the longest matching prefix.

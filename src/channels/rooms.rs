@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::{Channel, ChannelCtx, ChannelError, Reply};
+use crate::history::Published;
 
 /// Statuses a presence may announce.
 const STATUSES: &[&str] = &["online", "away", "busy"];
@@ -61,6 +62,7 @@ fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) ->
         Some(_) => return Reply::error("idempotency_key must be a string of 1 to 128 bytes"),
     };
     let id = uuid::Uuid::now_v7().to_string();
+    let timestamp = now_rfc3339();
     let published = ctx.hub.history.publish(
         ctx.topic,
         event,
@@ -71,11 +73,23 @@ fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) ->
                 "offset": offset,
                 "user_id": ctx.user.user_id,
                 "content": content,
-                "timestamp": now_rfc3339(),
+                "timestamp": timestamp,
             })
         },
         |sent| json!({"id": sent["id"], "offset": sent["offset"]}),
     );
+    if let Published::New { offset, .. } = &published
+        && let Some(room) = ctx.topic.strip_prefix("chat:room:")
+        && ctx.hub.config.bus.publish_chat
+    {
+        let message = json!({
+            "message_id": id, "room_id": room, "user_id": ctx.user.user_id,
+            "content": content, "timestamp": timestamp, "topic": ctx.topic, "offset": offset,
+        });
+        if let Value::Object(payload) = message {
+            ctx.hub.outlet.emit(crate::bus::events::CHAT_MESSAGE, payload);
+        }
+    }
     Reply::Ok(published.reply())
 }
 
@@ -165,6 +179,64 @@ impl Channel for PresenceRoom {
             }
             other => unknown_event(other),
         }
+    }
+}
+
+/// `media:{media_id}`: the server pushes a media's progress and results. Joined by
+/// the media's owner (the `user_id` of its `media.uploaded` event, as seen by this
+/// node) or by a token whose `channels` claim names the topic.
+pub struct MediaTopic;
+
+#[async_trait]
+impl Channel for MediaTopic {
+    async fn join(&self, ctx: &ChannelCtx<'_>, _payload: &Value) -> Result<Value, Value> {
+        let media_id = ctx.topic.strip_prefix("media:").unwrap_or_default();
+        let claimed = ctx.user.channels.as_ref().is_some_and(|patterns| {
+            patterns
+                .iter()
+                .any(|p| crate::protocols::jwt::topic_matches(p, ctx.topic))
+        });
+        if claimed || ctx.hub.media_owners.is_owner(media_id, &ctx.user.user_id) {
+            Ok(json!({}))
+        } else {
+            Err(json!({"reason": "unauthorized"}))
+        }
+    }
+
+    async fn handle_in(
+        &self,
+        _ctx: &ChannelCtx<'_>,
+        event: &str,
+        _payload: Value,
+    ) -> Result<Option<Reply>, ChannelError> {
+        unknown_event(event)
+    }
+}
+
+/// Who owns each media (from `media.uploaded` and media result events), so
+/// `media:{id}` can be joined by its owner. Bounded: past `MAX` entries the oldest
+/// half is forgotten (those owners then need a `channels` claim).
+#[derive(Default)]
+pub struct MediaOwners {
+    owners: parking_lot::Mutex<indexmap::IndexMap<String, String>>,
+}
+
+impl MediaOwners {
+    const MAX: usize = 100_000;
+
+    pub fn record(&self, media_id: &str, user_id: &str) {
+        let mut owners = self.owners.lock();
+        if owners.len() >= Self::MAX {
+            owners.drain(..Self::MAX / 2);
+        }
+        owners.insert(media_id.to_string(), user_id.to_string());
+    }
+
+    pub fn is_owner(&self, media_id: &str, user_id: &str) -> bool {
+        self.owners
+            .lock()
+            .get(media_id)
+            .is_some_and(|owner| owner == user_id)
     }
 }
 

@@ -5,9 +5,13 @@
 //! GET|POST /socket/longpoll    Phoenix long-poll transport
 //! GET      /metrics            Prometheus text format
 //! GET      /health             alive
-//! GET      /ready              accepting connections (503 while starting or stopping)
+//! GET      /ready              accepting connections (503 while starting or stopping);
+//!                              "degraded" (still 200) while the message bus is down
+//! POST     /api/broadcast, /api/events, /api/disconnect; GET /api/presence/{topic}
+//!                              the server API (api.rs), with an API key
 //! ```
 
+pub mod api;
 pub mod auth;
 pub mod longpoll;
 pub mod transport;
@@ -18,7 +22,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -35,6 +39,10 @@ pub fn app(hub: Arc<Hub>) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/api/broadcast", post(api::broadcast))
+        .route("/api/events", post(api::publish_event))
+        .route("/api/presence/{topic}", get(api::presence))
+        .route("/api/disconnect", post(api::disconnect))
         .with_state(hub)
 }
 
@@ -93,5 +101,14 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
         )
             .into_response();
     }
-    Json(json!({"status": "ready", "connections": hub.sessions.len()})).into_response()
+    // A node whose bus is down still serves its clients: it stays in the load
+    // balancer, and says what is missing.
+    let bus = if hub.bus.connected() { "up" } else { "down" };
+    let status = if bus == "up" { "ready" } else { "degraded" };
+    Json(json!({
+        "status": status,
+        "connections": hub.sessions.len(),
+        "bus": {"kind": hub.bus.kind(), "status": bus},
+    }))
+    .into_response()
 }

@@ -14,6 +14,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 
 use super::policy::{Exit, Intensity, RestartPolicy, exit_of};
 use super::sessions::SessionSupervisor;
+use crate::actors::bridge::BusBridge;
 use crate::actors::gateway::{Gateway, GatewayArgs};
 use crate::actors::janitor::Janitor;
 use crate::actors::presence::PresenceTracker;
@@ -26,12 +27,16 @@ pub enum Child {
     Sessions,
     Presence,
     Janitor,
+    Bridge,
 }
 
 impl Child {
-    const ALL: [Child; 4] = [
+    /// Start order; they stop in reverse (the bridge hands running jobs back
+    /// after the sessions are gone).
+    const ALL: [Child; 5] = [
         Child::Janitor,
         Child::Presence,
+        Child::Bridge,
         Child::Sessions,
         Child::Gateway,
     ];
@@ -85,6 +90,10 @@ impl RootSupervisor {
                 hub.set_session_supervisor(Some(actor.get_cell()));
                 actor.get_cell()
             }
+            Child::Bridge => Actor::spawn_linked(None, BusBridge, hub, sup)
+                .await?
+                .0
+                .get_cell(),
             Child::Janitor => Actor::spawn_linked(None, Janitor, hub, sup)
                 .await?
                 .0

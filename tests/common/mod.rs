@@ -2,12 +2,16 @@
 //! transport (`assert_reply`, `assert_push`), as Phoenix's ChannelTest does.
 #![allow(dead_code)]
 
+pub mod jobs;
+pub mod nats;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use armoricore::channels::{Access, Channel, ChannelCtx, ChannelError, Reply, Router};
 use armoricore::config::Config;
+use armoricore::jobs::Jobs;
 use armoricore::protocols::jwt::Claims;
 use armoricore::server::Node;
 use async_trait::async_trait;
@@ -20,6 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "integration-test-secret-0123456789";
+/// The server API key of test nodes.
+pub const API_KEY: &str = "test-api-key";
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -76,12 +82,20 @@ impl TestNode {
 
     /// Start with adjusted config; routes are the standard ones plus `test:crash:*`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
+        TestNode::start_with_jobs(adjust, Jobs::new()).await
+    }
+
+    /// Start with adjusted config and the job handlers in `jobs`.
+    pub async fn start_with_jobs(adjust: impl FnOnce(&mut Config), jobs: Jobs) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
+        config.api.key = API_KEY.into();
         adjust(&mut config);
         let router = Router::standard(&config).route("test:crash:", Access::Public, CrashChannel);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let node = Node::start(config.clone(), router, listener).await.unwrap();
+        let node = Node::start_with_jobs(config.clone(), router, jobs, listener)
+            .await
+            .unwrap();
         TestNode {
             addr: node.addr(),
             node: Some(node),
@@ -124,6 +138,20 @@ impl TestNode {
     /// `GET path` → (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         http(self.addr, "GET", path, &[], "").await
+    }
+
+    /// `POST path` with the test API key and a JSON body → (status, JSON body).
+    pub async fn api_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let auth = format!("apikey {API_KEY}");
+        let (status, text) = http(
+            self.addr,
+            "POST",
+            path,
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &body.to_string(),
+        )
+        .await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// The value of a metric series line (`name{labels}`), 0 if absent.

@@ -1,0 +1,520 @@
+//! BusBridge: the node's end of the message bus.
+//!
+//! Supervised by the RootSupervisor (permanent). It owns three kinds of tasks:
+//!
+//! - one puller per work subject: takes only as many deliveries as it has free job
+//!   slots (`bus.concurrency`), checks each event, drops repeats of an `event_id`
+//!   already handled, and runs the subject's [`JobHandler`] while keeping the
+//!   delivery leased; acknowledges when the job has ended (see [`crate::jobs`]);
+//! - one result listener: `media.ready`, `media.progress`, `media.failed`,
+//!   `notification.sent`, `*.complete` become pushes to `user:{user_id}` and
+//!   `media:{media_id}`;
+//! - every running job.
+//!
+//! Invalid events go to `armoricore.dlq.<subject>` with the reason. A task that
+//! cannot go on (its subscription ended) fails the bridge, which is restarted; on
+//! stop, running jobs are negatively acknowledged so another node takes them at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::bus::events::{self, Envelope, RESULT_SUBJECTS, WORK_SUBJECTS};
+use crate::bus::{Acker, Delivery, backoff, dead_letter_body, dead_letter_subject};
+use crate::hub::Hub;
+use crate::jobs::{self, Job, Outcome};
+
+/// How long one fetch waits for work before asking again.
+const FETCH_WAIT: Duration = Duration::from_secs(5);
+/// A repeat of an event that is still running here is offered again after this.
+const RUNNING_RETRY: Duration = Duration::from_secs(1);
+
+/// What became of an `event_id` on this node, for `bus.dedupe_window_s`.
+#[derive(Default)]
+pub struct Handled {
+    ids: DashMap<String, (bool, Instant)>,
+}
+
+/// Whether an event is new here.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    New,
+    Running,
+    Done,
+}
+
+impl Handled {
+    fn begin(&self, id: &str, window: Duration) -> Seen {
+        let now = Instant::now();
+        if self.ids.len() > 1024 {
+            self.ids
+                .retain(|_, (done, at)| !*done || now.duration_since(*at) < window);
+        }
+        match self.ids.entry(id.to_string()) {
+            dashmap::Entry::Occupied(e) => match *e.get() {
+                (false, _) => Seen::Running,
+                (true, at) if now.duration_since(at) < window => Seen::Done,
+                _ => {
+                    e.replace_entry((false, now));
+                    Seen::New
+                }
+            },
+            dashmap::Entry::Vacant(e) => {
+                e.insert((false, now));
+                Seen::New
+            }
+        }
+    }
+
+    fn done(&self, id: &str) {
+        self.ids.insert(id.to_string(), (true, Instant::now()));
+    }
+
+    fn forget(&self, id: &str) {
+        self.ids.remove(id);
+    }
+}
+
+/// A job running on this node, so a stopping bridge can hand it back.
+struct Running {
+    cancel: Arc<Notify>,
+}
+
+struct Bridge {
+    hub: Arc<Hub>,
+    running: DashMap<u64, Running>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+pub struct BusBridge;
+
+pub enum BridgeMsg {
+    /// A task of the bridge cannot go on: fail, to be restarted.
+    Failed(String),
+}
+
+pub struct BridgeState {
+    bridge: Arc<Bridge>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Actor for BusBridge {
+    type Msg = BridgeMsg;
+    type State = BridgeState;
+    type Arguments = Arc<Hub>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<BridgeMsg>,
+        hub: Arc<Hub>,
+    ) -> Result<BridgeState, ActorProcessingErr> {
+        let bridge = Arc::new(Bridge {
+            hub,
+            running: DashMap::new(),
+            next: Default::default(),
+        });
+        let mut tasks = vec![tokio::spawn(listen_results(bridge.clone(), myself))];
+        tasks.push(tokio::spawn(pull_all(bridge.clone())));
+        Ok(BridgeState { bridge, tasks })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<BridgeMsg>,
+        msg: BridgeMsg,
+        _state: &mut BridgeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BridgeMsg::Failed(reason) => Err(reason.into()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<BridgeMsg>,
+        state: &mut BridgeState,
+    ) -> Result<(), ActorProcessingErr> {
+        for task in state.tasks.drain(..) {
+            task.abort();
+        }
+        for job in state.bridge.running.iter() {
+            job.value().cancel.notify_one();
+        }
+        // Give cancelled jobs a moment to hand their deliveries back.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !state.bridge.running.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        state.bridge.hub.bus.flush().await;
+        Ok(())
+    }
+}
+
+/// The subject without `bus.subject_prefix`, if it has it.
+fn unprefixed<'a>(hub: &Hub, subject: &'a str) -> Option<&'a str> {
+    subject.strip_prefix(hub.outlet.config().subject_prefix.as_str())
+}
+
+impl Bridge {
+    /// Send an event that cannot be handled to `armoricore.dlq.<subject>`.
+    async fn dead_letter(&self, subject: &str, body: &[u8], reason: &str, delivered: u32, why: &str) {
+        let hub = &self.hub;
+        tracing::warn!(subject, reason, "event dead-lettered");
+        hub.metrics
+            .bus_dead_letters
+            .with_label_values(&[subject, why])
+            .inc();
+        let letter = dead_letter_body(subject, body, reason, delivered);
+        let to = dead_letter_subject(hub.outlet.config(), subject);
+        if let Err(e) = hub.bus.publish(&to, letter).await {
+            tracing::error!(subject, error = %e, "could not publish a dead letter");
+        }
+    }
+}
+
+/// Listen to the result subjects and push each event to its WebSocket topics.
+async fn listen_results(bridge: Arc<Bridge>, myself: ActorRef<BridgeMsg>) {
+    let hub = &bridge.hub;
+    let mut streams = Vec::new();
+    for subject in RESULT_SUBJECTS {
+        match hub.bus.subscribe(&hub.outlet.wire_subject(subject)).await {
+            Ok(s) => streams.push(s),
+            Err(e) => {
+                let _ = myself.cast(BridgeMsg::Failed(format!("subscribe {subject}: {e}")));
+                return;
+            }
+        }
+    }
+    let mut all = futures_util::stream::select_all(streams);
+    while let Some(m) = all.next().await {
+        let Some(subject) = unprefixed(hub, &m.subject) else {
+            continue;
+        };
+        hub.metrics
+            .bus_events_in
+            .with_label_values(&[subject])
+            .inc();
+        match events::parse(subject, &m.body) {
+            Ok(env) => push_result(hub, subject, &env),
+            Err(invalid) => {
+                bridge
+                    .dead_letter(subject, &m.body, &invalid.reason, 1, "invalid")
+                    .await
+            }
+        }
+    }
+    let _ = myself.cast(BridgeMsg::Failed("bus subscription ended".into()));
+}
+
+/// The WebSocket event a result subject becomes.
+fn push_event(subject: &str) -> Option<&'static str> {
+    Some(match subject {
+        events::MEDIA_READY => "media_ready",
+        events::MEDIA_PROGRESS => "media_progress",
+        events::MEDIA_FAILED => "media_failed",
+        events::NOTIFICATION_SENT => "notification",
+        events::TRANSCRIPTION_COMPLETE => "transcription_complete",
+        events::TRANSLATION_COMPLETE => "translation_complete",
+        events::CAPTIONING_COMPLETE => "captioning_complete",
+        _ => return None,
+    })
+}
+
+/// A JSON id as a topic segment (ids may be strings or numbers).
+fn id_of(payload: &Map<String, Value>, key: &str) -> Option<String> {
+    match payload.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Remember who owns the media an event names (for `media:{id}` joins).
+fn record_owner(hub: &Hub, payload: &Map<String, Value>) {
+    if let (Some(media), Some(user)) = (id_of(payload, "media_id"), id_of(payload, "user_id")) {
+        hub.media_owners.record(&media, &user);
+    }
+}
+
+/// `user:{user_id}` and `media:{media_id}` (those the event names) get the event.
+fn push_result(hub: &Hub, subject: &str, env: &Envelope) {
+    record_owner(hub, &env.payload);
+    let Some(event) = push_event(subject) else {
+        return;
+    };
+    let payload = Value::Object(env.payload.clone());
+    let user_only = subject == events::NOTIFICATION_SENT;
+    let mut topics = Vec::with_capacity(2);
+    if let Some(user) = id_of(&env.payload, "user_id") {
+        topics.push(format!("user:{user}"));
+    }
+    if !user_only && let Some(media) = id_of(&env.payload, "media_id") {
+        topics.push(format!("media:{media}"));
+    }
+    for topic in topics {
+        hub.pubsub.broadcast(&topic, event, &payload, None);
+    }
+}
+
+/// Prepare the work queues (retrying while the bus is down), then pull each subject.
+async fn pull_all(bridge: Arc<Bridge>) {
+    let hub = bridge.hub.clone();
+    let mut delay = Duration::from_millis(100);
+    while let Err(e) = hub.bus.prepare().await {
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "bus work queues not ready");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    let pullers: Vec<_> = WORK_SUBJECTS
+        .iter()
+        .map(|s| tokio::spawn(pull(bridge.clone(), s)))
+        .collect();
+    // Pullers end only when aborted; abort them with us.
+    struct AbortAll(Vec<JoinHandle<()>>);
+    impl Drop for AbortAll {
+        fn drop(&mut self) {
+            self.0.iter().for_each(JoinHandle::abort);
+        }
+    }
+    let mut pullers = AbortAll(pullers);
+    futures_util::future::join_all(pullers.0.iter_mut()).await;
+}
+
+/// Take deliveries of `subject` as job slots free up, and run each.
+async fn pull(bridge: Arc<Bridge>, subject: &'static str) {
+    let hub = bridge.hub.clone();
+    let slots = hub.config.bus.concurrency;
+    let semaphore = Arc::new(Semaphore::new(slots));
+    let wire = hub.outlet.wire_subject(subject);
+    loop {
+        let Ok(first) = semaphore.clone().acquire_owned().await else {
+            return;
+        };
+        let mut permits = vec![first];
+        while permits.len() < slots {
+            match semaphore.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut deliveries = match hub.bus.fetch(&wire, permits.len(), FETCH_WAIT).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(subject, error = %e, "bus fetch failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(delivery) = deliveries.next().await {
+            let Some(permit) = permits.pop() else {
+                break; // more than asked for: never happens; it will be redelivered
+            };
+            tokio::spawn(handle(bridge.clone(), subject, delivery, permit));
+        }
+    }
+}
+
+/// Check one delivery and run its job; settle it exactly once.
+async fn handle(
+    bridge: Arc<Bridge>,
+    subject: &'static str,
+    delivery: Delivery,
+    _slot: OwnedSemaphorePermit,
+) {
+    let hub = bridge.hub.clone();
+    let started = Instant::now();
+    let metrics = &hub.metrics;
+    metrics.bus_events_in.with_label_values(&[subject]).inc();
+    if delivery.delivered > 1 {
+        metrics.bus_redeliveries.with_label_values(&[subject]).inc();
+    }
+    let acker: Arc<dyn Acker> = Arc::from(delivery.acker);
+    let settle = |r: Result<(), crate::bus::BusError>| {
+        if let Err(e) = r {
+            tracing::warn!(subject, error = %e, "could not settle a delivery");
+        }
+    };
+    let event = match events::parse(subject, &delivery.body) {
+        Ok(event) => event,
+        Err(invalid) => {
+            bridge
+                .dead_letter(subject, &delivery.body, &invalid.reason, delivery.delivered, "invalid")
+                .await;
+            settle(acker.ack().await);
+            return;
+        }
+    };
+    record_owner(&hub, &event.payload);
+    let window = Duration::from_secs(hub.config.bus.dedupe_window_s);
+    match hub.handled.begin(&event.event_id, window) {
+        Seen::New => {}
+        Seen::Done => {
+            metrics.bus_duplicates.with_label_values(&[subject]).inc();
+            settle(acker.ack().await);
+            return;
+        }
+        Seen::Running => {
+            metrics.bus_duplicates.with_label_values(&[subject]).inc();
+            settle(acker.nak(Some(RUNNING_RETRY)).await);
+            return;
+        }
+    }
+    let key = bridge
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cancel = Arc::new(Notify::new());
+    bridge.running.insert(
+        key,
+        Running {
+            cancel: cancel.clone(),
+        },
+    );
+    metrics.jobs_running.inc();
+    let result = run_job(&hub, subject, &event, &delivery.body, delivery.delivered, &acker, cancel).await;
+    let label = match result {
+        Settled::Acked(label) => {
+            hub.handled.done(&event.event_id);
+            settle(acker.ack().await);
+            label
+        }
+        Settled::Retry(delay) => {
+            hub.handled.forget(&event.event_id);
+            settle(acker.nak(delay).await);
+            "retry"
+        }
+        Settled::DeadLetter(reason) => {
+            bridge
+                .dead_letter(subject, &delivery.body, &reason, delivery.delivered, "max_deliveries")
+                .await;
+            hub.handled.done(&event.event_id);
+            settle(acker.ack().await);
+            "failed"
+        }
+    };
+    metrics.jobs_running.dec();
+    metrics.jobs.with_label_values(&[subject, label]).inc();
+    metrics.job_seconds.observe(started.elapsed().as_secs_f64());
+    bridge.running.remove(&key);
+}
+
+/// How a delivery is to be settled.
+enum Settled {
+    /// Done with it (result or final failure published); the label for metrics.
+    Acked(&'static str),
+    /// Deliver again after the delay.
+    Retry(Option<Duration>),
+    /// Final failure after the last delivery: `*.failed` published, now the dead letters.
+    DeadLetter(String),
+}
+
+/// Run the job of `event` with its delivery leased; publish its result or failure.
+async fn run_job(
+    hub: &Arc<Hub>,
+    subject: &'static str,
+    event: &Envelope,
+    _body: &Bytes,
+    delivered: u32,
+    acker: &Arc<dyn Acker>,
+    cancel: Arc<Notify>,
+) -> Settled {
+    let config = &hub.config.bus;
+    let last_attempt = delivered >= config.max_deliver;
+    let failed = events::failed_subject(subject).unwrap_or(subject);
+    let Some(handler) = hub.jobs.get(subject) else {
+        let payload = jobs::failure_payload(event, "not_supported");
+        return match hub.outlet.publish(failed, payload).await {
+            Ok(_) => Settled::Acked("not_supported"),
+            Err(e) => {
+                tracing::warn!(subject, error = %e, "could not publish not_supported");
+                Settled::Retry(Some(backoff(config, delivered)))
+            }
+        };
+    };
+    let job = Job {
+        subject,
+        event: event.clone(),
+        delivered,
+        last_attempt,
+        outlet: hub.outlet.clone(),
+    };
+    let mut run = tokio::spawn(async move { handler.run(job).await });
+    let lease = Duration::from_millis(config.ack_wait_ms / 3).max(Duration::from_millis(10));
+    let mut keep = tokio::time::interval_at(tokio::time::Instant::now() + lease, lease);
+    let timeout = tokio::time::sleep(Duration::from_secs(config.job_timeout_s));
+    tokio::pin!(timeout);
+    let outcome = loop {
+        tokio::select! {
+            r = &mut run => break match r {
+                Ok(outcome) => outcome,
+                Err(e) => Outcome::Failed { reason: format!("job crashed: {e}"), retry: true },
+            },
+            _ = keep.tick() => {
+                if let Err(e) = acker.progress().await {
+                    tracing::warn!(subject, error = %e, "could not extend a job's lease");
+                }
+            }
+            _ = &mut timeout => {
+                run.abort();
+                break Outcome::Failed { reason: "job timed out".into(), retry: true };
+            }
+            _ = cancel.notified() => {
+                run.abort();
+                tracing::info!(subject, event_id = %event.event_id, "job handed back (node stopping)");
+                return Settled::Retry(None);
+            }
+        }
+    };
+    match outcome {
+        Outcome::Done(payload) => {
+            let result = jobs::result_subject(subject).unwrap_or(subject);
+            match hub.outlet.publish(result, payload).await {
+                Ok(_) => Settled::Acked("done"),
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "could not publish a job result; retrying the job");
+                    Settled::Retry(Some(backoff(config, delivered)))
+                }
+            }
+        }
+        Outcome::Failed { reason, retry } if retry && !last_attempt => {
+            tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed; will retry");
+            Settled::Retry(Some(backoff(config, delivered)))
+        }
+        Outcome::Failed { reason, retry } => {
+            tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed");
+            if let Err(e) = hub.outlet.publish(failed, jobs::failure_payload(event, &reason)).await {
+                tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
+                return Settled::Retry(Some(backoff(config, delivered)));
+            }
+            if retry {
+                Settled::DeadLetter(format!("max deliveries reached: {reason}"))
+            } else {
+                Settled::Acked("failed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handled_ids_dedupe_within_the_window() {
+        let h = Handled::default();
+        let w = Duration::from_secs(60);
+        assert_eq!(h.begin("a", w), Seen::New);
+        assert_eq!(h.begin("a", w), Seen::Running);
+        h.done("a");
+        assert_eq!(h.begin("a", w), Seen::Done);
+        assert_eq!(h.begin("a", Duration::ZERO), Seen::New, "window passed");
+        h.forget("a");
+        assert_eq!(h.begin("a", w), Seen::New);
+    }
+}

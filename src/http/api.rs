@@ -1,0 +1,185 @@
+//! The server API: how a backend drives the node over HTTP.
+//!
+//! ```text
+//! POST /api/broadcast   {topic, event, payload}     push to every subscriber of topic
+//!                                                    (Phoenix's Endpoint.broadcast)      → 202 {ok}
+//! POST /api/events      {event_type, payload,        put an event on the bus (how a backend
+//!                        event_id?, source?}         without NATS drives the embedded bus) → 202 {event_id}
+//! GET  /api/presence/{topic}                         Presence.list: {key: {metas: [..]}}  → 200
+//! POST /api/disconnect  {user_id}                    close all of the user's sockets      → 200 {disconnected}
+//! ```
+//!
+//! Every request carries `Authorization: apikey <api.key>`; with no key configured
+//! the API is off. Refusals are JSON `{error, reason}`: 401 bad key, 400 bad JSON
+//! or fields, 422 an event its subject's schema refuses, 503 bus unreachable.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::Refusal;
+use crate::bus::events::{self, WORK_SUBJECTS};
+use crate::hub::Hub;
+
+/// Check `Authorization: apikey <key>` in constant time.
+fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Refusal> {
+    let unauthorized = |reason: &str| Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", reason);
+    let key = hub.config.api.key.as_bytes();
+    if key.is_empty() {
+        return Err(unauthorized(
+            "the server API is off: set api.key (ARMORICORE_API__KEY)",
+        ));
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "))
+        .ok_or_else(|| unauthorized("expected the header Authorization: apikey <key>"))?;
+    if aws_lc_rs::constant_time::verify_slices_are_equal(given.trim().as_bytes(), key).is_err() {
+        return Err(unauthorized("invalid API key"));
+    }
+    Ok(())
+}
+
+fn bad_request(reason: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+}
+
+/// The body as a JSON object.
+fn object(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(bad_request("expected a JSON object")),
+        Err(e) => Err(bad_request(format!("invalid JSON: {e}"))),
+    }
+}
+
+/// A required non-empty string field.
+fn string<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a str, Refusal> {
+    match body.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(_) => Err(bad_request(format!("{field} must be a non-empty string"))),
+        None => Err(bad_request(format!("missing field {field}"))),
+    }
+}
+
+/// `POST /api/broadcast {topic, event, payload}`.
+pub async fn broadcast(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    authorize(&hub, &headers)?;
+    let body = object(&body)?;
+    let topic = string(&body, "topic")?;
+    let event = string(&body, "event")?;
+    if event.starts_with("phx_") {
+        return Err(bad_request("phx_ events are reserved for the protocol"));
+    }
+    let payload = match body.get("payload") {
+        None => Value::Object(Map::new()),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => return Err(bad_request("payload must be a JSON object")),
+    };
+    let subscribers = hub.pubsub.subscriber_count(topic);
+    hub.pubsub.broadcast(topic, event, &payload, None);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"ok": true, "subscribers": subscribers})),
+    )
+        .into_response())
+}
+
+/// `POST /api/events {event_type, payload, event_id?, source?}`.
+pub async fn publish_event(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    authorize(&hub, &headers)?;
+    let mut body = object(&body)?;
+    let subject = string(&body, "event_type")?.to_string();
+    if !events::is_known(&subject) {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+            format!("unknown event_type {subject:?} (docs/events.md lists them)"),
+        ));
+    }
+    if !body.contains_key("event_id") {
+        body.insert("event_id".into(), json!(uuid::Uuid::now_v7().to_string()));
+    }
+    if !body.contains_key("timestamp") {
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        body.insert("timestamp".into(), json!(now));
+    }
+    if !body.contains_key("source") {
+        body.insert("source".into(), json!("api"));
+    }
+    let raw = serde_json::to_vec(&body).expect("a JSON map serializes");
+    let envelope = events::parse(&subject, &raw).map_err(|invalid| {
+        Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+            invalid.reason,
+        )
+    })?;
+    let wire = hub.outlet.wire_subject(&subject);
+    let bytes = envelope.to_bytes();
+    let sent = if WORK_SUBJECTS.contains(&subject.as_str()) {
+        hub.bus.enqueue(&wire, &envelope.event_id, bytes).await
+    } else {
+        hub.bus.publish(&wire, bytes).await
+    };
+    sent.map_err(|e| {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bus_unavailable",
+            e.to_string(),
+        )
+    })?;
+    hub.metrics
+        .bus_events_out
+        .with_label_values(&[subject.as_str()])
+        .inc();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"event_id": envelope.event_id})),
+    )
+        .into_response())
+}
+
+/// `GET /api/presence/{topic}`: the topic's presences, as `presence_state` has them.
+pub async fn presence(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(topic): Path<String>,
+) -> Result<Json<Value>, Refusal> {
+    authorize(&hub, &headers)?;
+    Ok(Json(hub.presence.list(&topic)))
+}
+
+/// `POST /api/disconnect {user_id}`: close every socket of the user (1000, so
+/// phoenix.js does not reconnect by itself).
+pub async fn disconnect(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, Refusal> {
+    authorize(&hub, &headers)?;
+    let body = object(&body)?;
+    let user_id = match body.get("user_id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(bad_request("user_id must be a non-empty string or a number")),
+    };
+    let closed = hub.disconnect_user(&user_id, 1000, "disconnected by the server");
+    tracing::info!(user_id, closed, "disconnected by the server API");
+    Ok(Json(json!({"disconnected": closed})))
+}
