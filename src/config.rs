@@ -247,7 +247,10 @@ impl Config {
             ("bus.max_deliver", self.bus.max_deliver as u64),
             ("bus.concurrency", self.bus.concurrency as u64),
             ("bus.buffer_events", self.bus.buffer_events as u64),
-            ("bus.max_ack_pending", self.bus.max_ack_pending.max(0) as u64),
+            (
+                "bus.max_ack_pending",
+                self.bus.max_ack_pending.max(0) as u64,
+            ),
             (
                 "limits.connection_events_burst",
                 self.limits.connection_events_burst as u64,
@@ -288,7 +291,11 @@ impl Config {
             return Err(invalid("bus.backoff_ms", "needs at least one delay"));
         }
         let bus_url = &self.bus.url;
-        if !bus_url.is_empty() && !bus_url.split(',').all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://")) {
+        if !bus_url.is_empty()
+            && !bus_url
+                .split(',')
+                .all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://"))
+        {
             return Err(invalid(
                 "bus.url",
                 format!("expected nats://host:port (or tls://), got {bus_url:?}"),
@@ -461,9 +468,11 @@ mod tests {
             Config::load_from(None, env(&[("ARMORICORE_AUTH__ALGORITHM", "none")])).unwrap_err();
         assert!(e.to_string().starts_with("auth.algorithm:"), "{e}");
         let e = Config::load_from(None, env(&[("MESSAGE_BUS_URL", "localhost")])).unwrap_err();
-        assert!(e.to_string().starts_with("bus.url: expected nats://"), "{e}");
-        let e =
-            Config::load_from(None, env(&[("ARMORICORE_BUS__BACKOFF_MS", "1,x")])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("bus.url: expected nats://"),
+            "{e}"
+        );
+        let e = Config::load_from(None, env(&[("ARMORICORE_BUS__BACKOFF_MS", "1,x")])).unwrap_err();
         assert!(e.to_string().starts_with("bus.backoff_ms:"), "{e}");
     }
 

@@ -34,11 +34,17 @@ async fn work_queues_ready(client: &async_nats::Client) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Ok(stream) = js.get_stream("ARMORICORE_WORK").await
-            && stream.consumer_info("armoricore-media-uploaded").await.is_ok()
+            && stream
+                .consumer_info("armoricore-media-uploaded")
+                .await
+                .is_ok()
         {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "work queues not created");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "work queues not created"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -132,7 +138,12 @@ async fn chat_messages_and_presence_changes_are_published() {
     assert_eq!(online["payload"]["status"], "online");
 
     let r = ws
-        .push(Some(&jr), "chat:room:lobby", "new_message", json!({"content": "hello"}))
+        .push(
+            Some(&jr),
+            "chat:room:lobby",
+            "new_message",
+            json!({"content": "hello"}),
+        )
         .await;
     let reply = ws.assert_reply(&r).await;
     let event = next_json(&mut chat, WAIT).await;
@@ -144,7 +155,9 @@ async fn chat_messages_and_presence_changes_are_published() {
     assert_eq!(p["message_id"], reply["response"]["id"]);
     assert_eq!(p["offset"], reply["response"]["offset"]);
 
-    let r = ws.push(Some(&jr), "chat:room:lobby", "phx_leave", json!({})).await;
+    let r = ws
+        .push(Some(&jr), "chat:room:lobby", "phx_leave", json!({}))
+        .await;
     ws.assert_reply(&r).await;
     let offline = next_json(&mut presence, WAIT).await;
     assert_eq!(offline["payload"]["status"], "offline");
@@ -173,13 +186,19 @@ async fn an_invalid_event_lands_on_the_dead_letter_subject_with_its_reason() {
         letter["reason"].as_str().unwrap().contains("file_path"),
         "{letter}"
     );
-    assert_eq!(letter["event"]["event_id"], "bad-1", "the event is kept whole");
+    assert_eq!(
+        letter["event"]["event_id"], "bad-1",
+        "the event is kept whole"
+    );
     let letter = next_json(&mut dlq, WAIT).await;
     assert!(
         letter["reason"].as_str().unwrap().contains("object"),
         "{letter}"
     );
-    assert!(job.calls().is_empty(), "invalid events never reach the handler");
+    assert!(
+        job.calls().is_empty(),
+        "invalid events never reach the handler"
+    );
     // Kept by the dead-letter stream, not merely published.
     assert_eq!(stream_len(&client, "ARMORICORE_DLQ").await, 2);
     assert_eq!(
@@ -276,7 +295,10 @@ async fn a_failing_job_is_retried_then_reported_and_dead_lettered() {
     assert_eq!(event["payload"]["request_event_id"], "e1");
     let letter = next_json(&mut dlq, WAIT).await;
     assert_eq!(letter["delivered"], 3);
-    assert_eq!(letter["reason"], "max deliveries reached: provider timed out");
+    assert_eq!(
+        letter["reason"],
+        "max deliveries reached: provider timed out"
+    );
     let deliveries: Vec<u32> = job.calls().iter().map(|(_, d)| *d).collect();
     assert_eq!(deliveries, vec![1, 2, 3]);
     assert_eq!(
@@ -328,9 +350,19 @@ async fn a_repeated_event_id_is_handled_once() {
     let client = nats.client().await;
     work_queues_ready(&client).await;
     let mut ready = subscribe(&client, "media.ready").await;
-    publish(&client, "media.uploaded", &media_uploaded("same", "m1", "u1")).await;
+    publish(
+        &client,
+        "media.uploaded",
+        &media_uploaded("same", "m1", "u1"),
+    )
+    .await;
     next_json(&mut ready, WAIT).await;
-    publish(&client, "media.uploaded", &media_uploaded("same", "m1", "u1")).await;
+    publish(
+        &client,
+        "media.uploaded",
+        &media_uploaded("same", "m1", "u1"),
+    )
+    .await;
     eventually("the repeat was acknowledged as a duplicate", || async {
         node.metric(r#"armoricore_bus_duplicates_total{subject="media.uploaded"}"#)
             .await
@@ -372,7 +404,12 @@ async fn the_node_rides_out_a_nats_restart() {
     let result = next_json(&mut ready, Duration::from_secs(10)).await;
     assert_eq!(result["payload"]["media_id"], "m1");
     let r = ws
-        .push(Some(&jr), "chat:room:lobby", "new_message", json!({"content": "back"}))
+        .push(
+            Some(&jr),
+            "chat:room:lobby",
+            "new_message",
+            json!({"content": "back"}),
+        )
         .await;
     ws.assert_reply(&r).await;
     let event = next_json(&mut chat, WAIT).await;

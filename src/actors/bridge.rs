@@ -164,7 +164,14 @@ fn unprefixed<'a>(hub: &Hub, subject: &'a str) -> Option<&'a str> {
 
 impl Bridge {
     /// Send an event that cannot be handled to `armoricore.dlq.<subject>`.
-    async fn dead_letter(&self, subject: &str, body: &[u8], reason: &str, delivered: u32, why: &str) {
+    async fn dead_letter(
+        &self,
+        subject: &str,
+        body: &[u8],
+        reason: &str,
+        delivered: u32,
+        why: &str,
+    ) {
         let hub = &self.hub;
         tracing::warn!(subject, reason, "event dead-lettered");
         hub.metrics
@@ -345,7 +352,13 @@ async fn handle(
         Ok(event) => event,
         Err(invalid) => {
             bridge
-                .dead_letter(subject, &delivery.body, &invalid.reason, delivery.delivered, "invalid")
+                .dead_letter(
+                    subject,
+                    &delivery.body,
+                    &invalid.reason,
+                    delivery.delivered,
+                    "invalid",
+                )
                 .await;
             settle(acker.ack().await);
             return;
@@ -377,7 +390,16 @@ async fn handle(
         },
     );
     metrics.jobs_running.inc();
-    let result = run_job(&hub, subject, &event, &delivery.body, delivery.delivered, &acker, cancel).await;
+    let result = run_job(
+        &hub,
+        subject,
+        &event,
+        &delivery.body,
+        delivery.delivered,
+        &acker,
+        cancel,
+    )
+    .await;
     let label = match result {
         Settled::Acked(label) => {
             hub.handled.done(&event.event_id);
@@ -391,7 +413,13 @@ async fn handle(
         }
         Settled::DeadLetter(reason) => {
             bridge
-                .dead_letter(subject, &delivery.body, &reason, delivery.delivered, "max_deliveries")
+                .dead_letter(
+                    subject,
+                    &delivery.body,
+                    &reason,
+                    delivery.delivered,
+                    "max_deliveries",
+                )
                 .await;
             hub.handled.done(&event.event_id);
             settle(acker.ack().await);
@@ -488,7 +516,11 @@ async fn run_job(
         }
         Outcome::Failed { reason, retry } => {
             tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed");
-            if let Err(e) = hub.outlet.publish(failed, jobs::failure_payload(event, &reason)).await {
+            if let Err(e) = hub
+                .outlet
+                .publish(failed, jobs::failure_payload(event, &reason))
+                .await
+            {
                 tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
                 return Settled::Retry(Some(backoff(config, delivered)));
             }

@@ -371,7 +371,11 @@ fn user_updates(
         let mut seen = std::collections::HashSet::new();
         for e in joins.iter().rev() {
             if seen.insert(e.key.as_str()) {
-                let status = e.meta.get("status").and_then(Value::as_str).unwrap_or("online");
+                let status = e
+                    .meta
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .unwrap_or("online");
                 updates.push((topic.clone(), e.key.clone(), status.to_string()));
             }
         }

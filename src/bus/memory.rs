@@ -78,7 +78,12 @@ impl Shared {
 
     /// A message that used its last delivery: to the dead-letter subject.
     fn dead_letter(&self, subject: &str, item: &Item, reason: &str) {
-        tracing::warn!(subject, delivered = item.delivered, reason, "work message dead-lettered");
+        tracing::warn!(
+            subject,
+            delivered = item.delivered,
+            reason,
+            "work message dead-lettered"
+        );
         self.metrics
             .bus_dead_letters
             .with_label_values(&[subject, "max_deliveries"])
@@ -116,9 +121,20 @@ impl Shared {
 
     /// An item handed out and not acknowledged: deliver again (after `delay`) or,
     /// with no delivery left, dead-letter it.
-    fn requeue(&self, subject: &str, q: &mut Queue, item: Item, delay: Option<Duration>, now: Instant) {
+    fn requeue(
+        &self,
+        subject: &str,
+        q: &mut Queue,
+        item: Item,
+        delay: Option<Duration>,
+        now: Instant,
+    ) {
         if item.delivered >= self.config.max_deliver {
-            self.dead_letter(subject, &item, "max deliveries reached without acknowledgement");
+            self.dead_letter(
+                subject,
+                &item,
+                "max deliveries reached without acknowledgement",
+            );
             return;
         }
         match delay {
@@ -137,7 +153,8 @@ impl Shared {
             return Err(next);
         };
         item.delivered += 1;
-        q.inflight.insert(item.id, (now + self.ack_wait(), item.clone()));
+        q.inflight
+            .insert(item.id, (now + self.ack_wait(), item.clone()));
         Ok(Delivery {
             subject: subject.to_string(),
             body: item.body,
@@ -369,7 +386,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(80)).await;
             d.acker.progress().await.unwrap();
         }
-        assert!(one(&b, 50).await.is_none(), "lease kept for 370 ms > ack_wait");
+        assert!(
+            one(&b, 50).await.is_none(),
+            "lease kept for 370 ms > ack_wait"
+        );
         d.acker.ack().await.unwrap();
     }
 

@@ -141,7 +141,9 @@ pub async fn connect(config: &BusConfig, metrics: Arc<Metrics>) -> Result<Arc<dy
     if config.url.is_empty() {
         Ok(Arc::new(memory::MemoryBus::new(config.clone(), metrics)))
     } else {
-        Ok(Arc::new(nats::NatsBus::connect(config.clone(), metrics).await?))
+        Ok(Arc::new(
+            nats::NatsBus::connect(config.clone(), metrics).await?,
+        ))
     }
 }
 
@@ -202,7 +204,10 @@ mod tests {
         assert!(!subject_matches("media.ready", "media.readyx"));
         assert!(subject_matches("media.*", "media.ready"));
         assert!(!subject_matches("media.*", "media.ready.x"));
-        assert!(subject_matches("armoricore.dlq.>", "armoricore.dlq.media.uploaded"));
+        assert!(subject_matches(
+            "armoricore.dlq.>",
+            "armoricore.dlq.media.uploaded"
+        ));
         assert!(!subject_matches("armoricore.dlq.>", "armoricore.dlq"));
         assert!(!subject_matches("a.b.c", "a.b"));
     }

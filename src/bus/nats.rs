@@ -129,7 +129,11 @@ impl NatsBus {
     }
 
     fn consumer_name(&self, subject: &str) -> String {
-        format!("{}-{}", self.config.consumer_prefix, subject.replace('.', "-"))
+        format!(
+            "{}-{}",
+            self.config.consumer_prefix,
+            subject.replace('.', "-")
+        )
     }
 
     async fn ensure_streams(&self) -> Result<stream::Stream, BusError> {
@@ -220,7 +224,10 @@ async fn rescue_dead_letters(
         "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
         config.stream
     );
-    let mut advisories = match client.queue_subscribe(advisory, "armoricore-dlq".into()).await {
+    let mut advisories = match client
+        .queue_subscribe(advisory, "armoricore-dlq".into())
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch max-deliveries advisories");
@@ -261,11 +268,18 @@ async fn rescue_dead_letters(
             Err(_) => false,
         };
         if !stored {
-            tracing::error!(seq, "could not store a dead letter: left in the work stream");
+            tracing::error!(
+                seq,
+                "could not store a dead letter: left in the work stream"
+            );
             continue;
         }
         let _ = work.delete_message(seq).await;
-        tracing::warn!(subject, seq, "work message dead-lettered after max deliveries");
+        tracing::warn!(
+            subject,
+            seq,
+            "work message dead-lettered after max deliveries"
+        );
         metrics
             .bus_dead_letters
             .with_label_values(&[subject.as_str(), "max_deliveries"])

@@ -87,7 +87,9 @@ fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) ->
             "content": content, "timestamp": timestamp, "topic": ctx.topic, "offset": offset,
         });
         if let Value::Object(payload) = message {
-            ctx.hub.outlet.emit(crate::bus::events::CHAT_MESSAGE, payload);
+            ctx.hub
+                .outlet
+                .emit(crate::bus::events::CHAT_MESSAGE, payload);
         }
     }
     Reply::Ok(published.reply())

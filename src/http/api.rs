@@ -29,7 +29,8 @@ use crate::hub::Hub;
 
 /// Check `Authorization: apikey <key>` in constant time.
 fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Refusal> {
-    let unauthorized = |reason: &str| Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", reason);
+    let unauthorized =
+        |reason: &str| Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", reason);
     let key = hub.config.api.key.as_bytes();
     if key.is_empty() {
         return Err(unauthorized(
@@ -177,7 +178,11 @@ pub async fn disconnect(
     let user_id = match body.get("user_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(bad_request("user_id must be a non-empty string or a number")),
+        _ => {
+            return Err(bad_request(
+                "user_id must be a non-empty string or a number",
+            ));
+        }
     };
     let closed = hub.disconnect_user(&user_id, 1000, "disconnected by the server");
     tracing::info!(user_id, closed, "disconnected by the server API");

@@ -147,7 +147,10 @@ impl TestNode {
             self.addr,
             "POST",
             path,
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             &body.to_string(),
         )
         .await;

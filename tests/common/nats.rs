@@ -55,15 +55,14 @@ impl NatsServer {
         // Ready when JetStream answers, not merely when the port accepts.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let mut last = String::new();
-            match async_nats::connect(self.url()).await {
+            let last = match async_nats::connect(self.url()).await {
                 Ok(client) => match client.request("$JS.API.INFO", "".into()).await {
                     Ok(m) if !String::from_utf8_lossy(&m.payload).contains("\"error\"") => return,
-                    Ok(m) => last = String::from_utf8_lossy(&m.payload).into_owned(),
-                    Err(e) => last = e.to_string(),
+                    Ok(m) => String::from_utf8_lossy(&m.payload).into_owned(),
+                    Err(e) => e.to_string(),
                 },
-                Err(e) => last = e.to_string(),
-            }
+                Err(e) => e.to_string(),
+            };
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "nats-server did not start: {last}"
