@@ -27,7 +27,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::bus::events::{self, Envelope, RESULT_SUBJECTS, WORK_SUBJECTS};
-use crate::bus::{Acker, Delivery, backoff, dead_letter_body, dead_letter_subject};
+use crate::bus::{Acker, Delivery, Sent, backoff, dead_letter_body, dead_letter_subject};
 use crate::hub::Hub;
 use crate::jobs::{self, Job, Outcome};
 
@@ -37,9 +37,20 @@ const FETCH_WAIT: Duration = Duration::from_secs(5);
 const RUNNING_RETRY: Duration = Duration::from_secs(1);
 
 /// What became of an `event_id` on this node, for `bus.dedupe_window_s`.
+///
+/// A handled event keeps the event it produced: if its ack was lost (the
+/// connection broke right after) the redelivery sends that result again instead
+/// of running the job twice, or dropping the result.
 #[derive(Default)]
 pub struct Handled {
-    ids: DashMap<String, (bool, Instant)>,
+    ids: DashMap<String, Mark>,
+}
+
+#[derive(Clone)]
+struct Mark {
+    done: bool,
+    at: Instant,
+    sent: Option<Sent>,
 }
 
 /// Whether an event is new here.
@@ -47,7 +58,8 @@ pub struct Handled {
 enum Seen {
     New,
     Running,
-    Done,
+    /// Handled within the window; what it published.
+    Done(Option<Sent>),
 }
 
 impl Handled {
@@ -55,26 +67,39 @@ impl Handled {
         let now = Instant::now();
         if self.ids.len() > 1024 {
             self.ids
-                .retain(|_, (done, at)| !*done || now.duration_since(*at) < window);
+                .retain(|_, m| !m.done || now.duration_since(m.at) < window);
         }
+        let running = Mark {
+            done: false,
+            at: now,
+            sent: None,
+        };
         match self.ids.entry(id.to_string()) {
-            dashmap::Entry::Occupied(e) => match *e.get() {
-                (false, _) => Seen::Running,
-                (true, at) if now.duration_since(at) < window => Seen::Done,
-                _ => {
-                    e.replace_entry((false, now));
+            dashmap::Entry::Occupied(mut e) => {
+                let mark = e.get();
+                if !mark.done {
+                    Seen::Running
+                } else if now.duration_since(mark.at) < window {
+                    Seen::Done(mark.sent.clone())
+                } else {
+                    e.insert(running);
                     Seen::New
                 }
-            },
+            }
             dashmap::Entry::Vacant(e) => {
-                e.insert((false, now));
+                e.insert(running);
                 Seen::New
             }
         }
     }
 
-    fn done(&self, id: &str) {
-        self.ids.insert(id.to_string(), (true, Instant::now()));
+    fn done(&self, id: &str, sent: Option<Sent>) {
+        let mark = Mark {
+            done: true,
+            at: Instant::now(),
+            sent,
+        };
+        self.ids.insert(id.to_string(), mark);
     }
 
     fn forget(&self, id: &str) {
@@ -143,6 +168,7 @@ impl Actor for BusBridge {
     ) -> Result<(), ActorProcessingErr> {
         for task in state.tasks.drain(..) {
             task.abort();
+            let _ = task.await;
         }
         for job in state.bridge.running.iter() {
             job.value().cancel.notify_one();
@@ -279,19 +305,10 @@ async fn pull_all(bridge: Arc<Bridge>) {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
-    let pullers: Vec<_> = WORK_SUBJECTS
-        .iter()
-        .map(|s| tokio::spawn(pull(bridge.clone(), s)))
-        .collect();
-    // Pullers end only when aborted; abort them with us.
-    struct AbortAll(Vec<JoinHandle<()>>);
-    impl Drop for AbortAll {
-        fn drop(&mut self) {
-            self.0.iter().for_each(JoinHandle::abort);
-        }
-    }
-    let mut pullers = AbortAll(pullers);
-    futures_util::future::join_all(pullers.0.iter_mut()).await;
+    // All pullers in this one task: aborting it and awaiting it drops every pending
+    // fetch (unsubscribing its pull request) before running jobs are handed back,
+    // so the server cannot redeliver them to this stopping node.
+    futures_util::future::join_all(WORK_SUBJECTS.iter().map(|s| pull(bridge.clone(), s))).await;
 }
 
 /// Take deliveries of `subject` as job slots free up, and run each.
@@ -368,8 +385,15 @@ async fn handle(
     let window = Duration::from_secs(hub.config.bus.dedupe_window_s);
     match hub.handled.begin(&event.event_id, window) {
         Seen::New => {}
-        Seen::Done => {
+        Seen::Done(sent) => {
             metrics.bus_duplicates.with_label_values(&[subject]).inc();
+            if let Some(sent) = sent
+                && let Err(e) = hub.bus.publish(&sent.subject, sent.body).await
+            {
+                tracing::warn!(subject, error = %e, "could not republish a result");
+                settle(acker.nak(Some(RUNNING_RETRY)).await);
+                return;
+            }
             settle(acker.ack().await);
             return;
         }
@@ -401,8 +425,8 @@ async fn handle(
     )
     .await;
     let label = match result {
-        Settled::Acked(label) => {
-            hub.handled.done(&event.event_id);
+        Settled::Acked(label, sent) => {
+            hub.handled.done(&event.event_id, sent);
             settle(acker.ack().await);
             label
         }
@@ -411,7 +435,7 @@ async fn handle(
             settle(acker.nak(delay).await);
             "retry"
         }
-        Settled::DeadLetter(reason) => {
+        Settled::DeadLetter(reason, sent) => {
             bridge
                 .dead_letter(
                     subject,
@@ -421,7 +445,7 @@ async fn handle(
                     "max_deliveries",
                 )
                 .await;
-            hub.handled.done(&event.event_id);
+            hub.handled.done(&event.event_id, sent);
             settle(acker.ack().await);
             "failed"
         }
@@ -435,11 +459,11 @@ async fn handle(
 /// How a delivery is to be settled.
 enum Settled {
     /// Done with it (result or final failure published); the label for metrics.
-    Acked(&'static str),
+    Acked(&'static str, Option<Sent>),
     /// Deliver again after the delay.
     Retry(Option<Duration>),
     /// Final failure after the last delivery: `*.failed` published, now the dead letters.
-    DeadLetter(String),
+    DeadLetter(String, Option<Sent>),
 }
 
 /// Run the job of `event` with its delivery leased; publish its result or failure.
@@ -458,7 +482,7 @@ async fn run_job(
     let Some(handler) = hub.jobs.get(subject) else {
         let payload = jobs::failure_payload(event, "not_supported");
         return match hub.outlet.publish(failed, payload).await {
-            Ok(_) => Settled::Acked("not_supported"),
+            Ok(sent) => Settled::Acked("not_supported", Some(sent)),
             Err(e) => {
                 tracing::warn!(subject, error = %e, "could not publish not_supported");
                 Settled::Retry(Some(backoff(config, delivered)))
@@ -503,7 +527,7 @@ async fn run_job(
         Outcome::Done(payload) => {
             let result = jobs::result_subject(subject).unwrap_or(subject);
             match hub.outlet.publish(result, payload).await {
-                Ok(_) => Settled::Acked("done"),
+                Ok(sent) => Settled::Acked("done", Some(sent)),
                 Err(e) => {
                     tracing::warn!(subject, error = %e, "could not publish a job result; retrying the job");
                     Settled::Retry(Some(backoff(config, delivered)))
@@ -516,18 +540,21 @@ async fn run_job(
         }
         Outcome::Failed { reason, retry } => {
             tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed");
-            if let Err(e) = hub
+            let sent = match hub
                 .outlet
                 .publish(failed, jobs::failure_payload(event, &reason))
                 .await
             {
-                tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
-                return Settled::Retry(Some(backoff(config, delivered)));
-            }
+                Ok(sent) => Some(sent),
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
+                    return Settled::Retry(Some(backoff(config, delivered)));
+                }
+            };
             if retry {
-                Settled::DeadLetter(format!("max deliveries reached: {reason}"))
+                Settled::DeadLetter(format!("max deliveries reached: {reason}"), sent)
             } else {
-                Settled::Acked("failed")
+                Settled::Acked("failed", sent)
             }
         }
     }
@@ -543,8 +570,12 @@ mod tests {
         let w = Duration::from_secs(60);
         assert_eq!(h.begin("a", w), Seen::New);
         assert_eq!(h.begin("a", w), Seen::Running);
-        h.done("a");
-        assert_eq!(h.begin("a", w), Seen::Done);
+        let sent = Sent {
+            subject: "media.ready".into(),
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        h.done("a", Some(sent.clone()));
+        assert_eq!(h.begin("a", w), Seen::Done(Some(sent)));
         assert_eq!(h.begin("a", Duration::ZERO), Seen::New, "window passed");
         h.forget("a");
         assert_eq!(h.begin("a", w), Seen::New);

@@ -12,6 +12,9 @@
 //! - `idle`: open, authenticate and join N connections, hold them idle, and report
 //!   the server's RSS per connection and CPU per connection-hour.
 //! - `connect`: a connect + JWT + join storm; connects/s and p50/p99/max latency.
+//! - `fanout`, `rooms`, `presence`: broadcast delivery, many small rooms, join storms.
+//! - `bus`: events/s through the NATS bridge, against a bare JetStream worker (in
+//!   process, no workers; see `bus.rs`).
 //!
 //! Everything stops by itself within `--timeout`, closing its connections.
 
@@ -19,6 +22,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+#[path = "armoricore-bench/bus.rs"]
+mod bus;
 #[path = "armoricore-bench/coordinator.rs"]
 mod coordinator;
 #[path = "armoricore-bench/driver.rs"]
@@ -62,6 +67,9 @@ enum Command {
     /// A join storm into one presence topic (e.g. 5,000 joins in 5 s with `--rate 1000`):
     /// time until every client's presence view lists every user.
     Presence(PresenceArgs),
+    /// Events/s and latency through the NATS bridge (publish → handler → result),
+    /// against a bare JetStream worker in the same run.
+    Bus(bus::BusArgs),
     /// Internal: one worker process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -247,6 +255,7 @@ fn main() -> anyhow::Result<()> {
                 report::print(&report::presence(&common, &run), common.json);
                 Ok(())
             }
+            Command::Bus(args) => bus::run(args).await,
             Command::Worker => worker::main().await,
         }
     })

@@ -24,7 +24,7 @@ pub mod memory;
 pub mod nats;
 pub mod outlet;
 
-pub use outlet::Outlet;
+pub use outlet::{Outlet, Sent};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -101,8 +101,9 @@ pub trait Bus: Send + Sync + 'static {
     /// (the bus has been unreachable for a while) refuses with [`BusError::Full`].
     fn emit(&self, subject: &str, body: Bytes) -> Result<(), BusError>;
 
-    /// Publish a plain event and wait until it has left this node (results of jobs,
-    /// which are acknowledged right after).
+    /// Publish a plain event, waiting while the bus's own buffer is full. Events and
+    /// acks leave in the order they were sent: a job's result always goes out before
+    /// the ack that follows it.
     async fn publish(&self, subject: &str, body: Bytes) -> Result<(), BusError>;
 
     /// Every plain event on `subject` (NATS wildcards `*` and `>` allowed) from now on.

@@ -325,16 +325,14 @@ impl Bus for NatsBus {
     }
 
     async fn publish(&self, subject: &str, body: Bytes) -> Result<(), BusError> {
-        let send = async {
-            self.client
-                .publish(subject.to_string(), body)
-                .await
-                .map_err(BusError::nats)?;
-            self.client.flush().await.map_err(BusError::nats)
-        };
+        // Same connection as the acks, so in order with them; no flush per event
+        // (a round trip each): a redelivered event whose ack was lost republishes
+        // its kept result (see the BusBridge).
+        let send = self.client.publish(subject.to_string(), body);
         tokio::time::timeout(REQUEST_TIMEOUT, send)
             .await
             .map_err(|_| BusError::Nats("publish timed out (NATS unreachable?)".into()))?
+            .map_err(BusError::nats)
     }
 
     async fn subscribe(&self, subject: &str) -> Result<BoxStream<'static, Message>, BusError> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::events::{self, Envelope};
+
 use super::{Bus, BusError};
 use crate::config::BusConfig;
 use crate::metrics::Metrics;
@@ -68,22 +69,32 @@ impl Outlet {
         }
     }
 
-    /// Publish an event and wait until it has left the node.
+    /// Publish an event, in order with everything this node sends after it (its
+    /// acks included); returns what was sent, to send again if asked.
     pub async fn publish(
         &self,
         subject: &str,
         payload: Map<String, Value>,
-    ) -> Result<Envelope, BusError> {
+    ) -> Result<Sent, BusError> {
         let env = self
             .envelope(subject, payload)
             .ok_or_else(|| BusError::Invalid(subject.to_string()))?;
-        self.bus
-            .publish(&self.wire_subject(subject), env.to_bytes())
-            .await?;
+        let sent = Sent {
+            subject: self.wire_subject(subject),
+            body: env.to_bytes(),
+        };
+        self.bus.publish(&sent.subject, sent.body.clone()).await?;
         self.metrics
             .bus_events_out
             .with_label_values(&[subject])
             .inc();
-        Ok(env)
+        Ok(sent)
     }
+}
+
+/// An event as it went out (wire subject and body).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub subject: String,
+    pub body: bytes::Bytes,
 }
