@@ -44,7 +44,13 @@ const RUNNING_RETRY: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Handled {
     ids: DashMap<String, Mark>,
+    /// Handled ids in the order they ended, for expiry in O(1) per id.
+    order: parking_lot::Mutex<std::collections::VecDeque<(Instant, String)>>,
 }
+
+/// At most this many handled ids are remembered; past it the oldest are forgotten
+/// early (at 1,000 events/s the default 600 s window would need 600,000).
+const HANDLED_MAX: usize = 200_000;
 
 #[derive(Clone)]
 struct Mark {
@@ -65,10 +71,7 @@ enum Seen {
 impl Handled {
     fn begin(&self, id: &str, window: Duration) -> Seen {
         let now = Instant::now();
-        if self.ids.len() > 1024 {
-            self.ids
-                .retain(|_, m| !m.done || now.duration_since(m.at) < window);
-        }
+        self.expire(now, window);
         let running = Mark {
             done: false,
             at: now,
@@ -93,13 +96,28 @@ impl Handled {
         }
     }
 
+    /// Forget ids handled longer than `window` ago (or beyond [`HANDLED_MAX`]).
+    fn expire(&self, now: Instant, window: Duration) {
+        let mut order = self.order.lock();
+        while let Some((at, _)) = order.front() {
+            if now.duration_since(*at) < window && order.len() <= HANDLED_MAX {
+                break;
+            }
+            let (at, id) = order.pop_front().expect("front exists");
+            // Only if it was not handled again since.
+            self.ids.remove_if(&id, |_, m| m.done && m.at == at);
+        }
+    }
+
     fn done(&self, id: &str, sent: Option<Sent>) {
+        let at = Instant::now();
         let mark = Mark {
             done: true,
-            at: Instant::now(),
+            at,
             sent,
         };
         self.ids.insert(id.to_string(), mark);
+        self.order.lock().push_back((at, id.to_string()));
     }
 
     fn forget(&self, id: &str) {
@@ -312,13 +330,23 @@ async fn pull_all(bridge: Arc<Bridge>) {
 }
 
 /// Take deliveries of `subject` as job slots free up, and run each.
+///
+/// Each fetch asks for exactly the slots free at that moment and holds them until
+/// its messages came or it expired; a slot freed meanwhile starts another fetch at
+/// once, so fetches overlap instead of waiting for each other's round trips.
 async fn pull(bridge: Arc<Bridge>, subject: &'static str) {
     let hub = bridge.hub.clone();
     let slots = hub.config.bus.concurrency;
     let semaphore = Arc::new(Semaphore::new(slots));
     let wire = hub.outlet.wire_subject(subject);
+    // Fetches run inside this task (not spawned), so dropping it drops them all.
+    let mut fetches = futures_util::stream::FuturesUnordered::new();
     loop {
-        let Ok(first) = semaphore.clone().acquire_owned().await else {
+        let first = tokio::select! {
+            p = semaphore.clone().acquire_owned() => p,
+            Some(()) = fetches.next(), if !fetches.is_empty() => continue,
+        };
+        let Ok(first) = first else {
             return;
         };
         let mut permits = vec![first];
@@ -336,12 +364,15 @@ async fn pull(bridge: Arc<Bridge>, subject: &'static str) {
                 continue;
             }
         };
-        while let Some(delivery) = deliveries.next().await {
-            let Some(permit) = permits.pop() else {
-                break; // more than asked for: never happens; it will be redelivered
-            };
-            tokio::spawn(handle(bridge.clone(), subject, delivery, permit));
-        }
+        let bridge = bridge.clone();
+        fetches.push(async move {
+            while let Some(delivery) = deliveries.next().await {
+                let Some(permit) = permits.pop() else {
+                    break; // more than asked for: never happens; it will be redelivered
+                };
+                tokio::spawn(handle(bridge.clone(), subject, delivery, permit));
+            }
+        });
     }
 }
 
