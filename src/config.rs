@@ -287,6 +287,12 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
+        if (self.bus.max_ack_pending as u64) < self.bus.concurrency as u64 {
+            return Err(invalid(
+                "bus.max_ack_pending",
+                "must be at least bus.concurrency (NATS stops delivering at the limit)",
+            ));
+        }
         if self.bus.backoff_ms.is_empty() {
             return Err(invalid("bus.backoff_ms", "needs at least one delay"));
         }

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub bus_duplicates: IntCounterVec,
     /// Events that could not be put on the bus (buffer full while unreachable).
     pub bus_dropped: IntCounter,
+    /// Work waiting in the bus, by subject (sampled every few seconds).
+    pub bus_pending: IntGaugeVec,
+    /// Work handed out and not yet acknowledged, cluster-wide, by subject. At
+    /// `bus.max_ack_pending` NATS stops delivering: keep an alert below it.
+    pub bus_ack_pending: IntGaugeVec,
     /// Jobs running on this node.
     pub jobs_running: IntGauge,
     /// Jobs ended, by work subject and result (`done`, `failed`, `retry`, `not_supported`).
@@ -186,6 +191,16 @@ impl Metrics {
             bus_dropped: counter(
                 "armoricore_bus_dropped_total",
                 "Events that could not be put on the bus.",
+            ),
+            bus_pending: gauge_vec(
+                "armoricore_bus_pending",
+                "Work waiting in the bus.",
+                &["subject"],
+            ),
+            bus_ack_pending: gauge_vec(
+                "armoricore_bus_ack_pending",
+                "Work handed out and not yet acknowledged.",
+                &["subject"],
             ),
             jobs_running: gauge("armoricore_jobs_running", "Jobs running on this node."),
             jobs: counter_vec(

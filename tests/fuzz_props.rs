@@ -1,6 +1,6 @@
 //! Property tests ("fuzzing" on stable Rust) of everything that parses client input:
 //! the Phoenix frame decoder (V1, V2), token extraction and verification, topic
-//! patterns and close reasons. Nothing may panic; what decodes must round-trip;
+//! patterns, close reasons and bus events (envelope and payload schemas). Nothing may panic; what decodes must round-trip;
 //! no token not signed with the secret may verify.
 //!
 //! Cases per property: `PROPTEST_CASES` (the test script runs the default, 256;
@@ -148,4 +148,74 @@ proptest! {
         prop_assert!(reason.len() <= 120);
         prop_assert!(text.starts_with(&reason));
     }
+}
+
+proptest! {
+    /// Any bytes on any subject: a clear refusal or an envelope, never a panic.
+    #[test]
+    fn event_parsing_never_panics(subject in prop::sample::select(SUBJECTS), body in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = armoricore::bus::events::parse(subject, &body);
+    }
+
+    /// JSON-shaped events with arbitrary payload values: accepted events keep
+    /// their payload exactly; refused ones say why.
+    #[test]
+    fn event_payloads_are_kept_or_refused_with_a_reason(subject in prop::sample::select(SUBJECTS), payload in json_object()) {
+        let body = serde_json::json!({
+            "event_id": "e1", "event_type": subject, "payload": payload.clone(),
+        });
+        match armoricore::bus::events::parse(subject, body.to_string().as_bytes()) {
+            Ok(env) => prop_assert_eq!(serde_json::Value::Object(env.payload), payload),
+            Err(invalid) => prop_assert!(!invalid.reason.is_empty()),
+        }
+    }
+}
+
+const SUBJECTS: &[&str] = &[
+    "media.uploaded",
+    "media.ready",
+    "media.progress",
+    "media.failed",
+    "notification.requested",
+    "notification.sent",
+    "transcription.requested",
+    "transcription.complete",
+    "translation.requested",
+    "translation.complete",
+    "chat.message",
+    "presence.update",
+    "other.subject",
+];
+
+/// JSON objects whose keys are often the schema's own field names.
+fn json_object() -> impl Strategy<Value = serde_json::Value> {
+    let key = prop::sample::select(
+        &[
+            "media_id",
+            "user_id",
+            "file_path",
+            "content_type",
+            "file_size",
+            "title",
+            "body",
+            "notification_type",
+            "text",
+            "to_language",
+            "progress",
+            "playback_urls",
+            "extra",
+        ][..],
+    );
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
+        "[a-z0-9 ]{0,12}".prop_map(serde_json::Value::from),
+    ];
+    prop::collection::btree_map(key, leaf, 0..10).prop_map(|m| {
+        serde_json::Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    })
 }

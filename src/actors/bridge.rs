@@ -165,6 +165,7 @@ impl Actor for BusBridge {
         });
         let mut tasks = vec![tokio::spawn(listen_results(bridge.clone(), myself))];
         tasks.push(tokio::spawn(pull_all(bridge.clone())));
+        tasks.push(tokio::spawn(watch_backlog(bridge.clone())));
         Ok(BridgeState { bridge, tasks })
     }
 
@@ -327,6 +328,40 @@ async fn pull_all(bridge: Arc<Bridge>) {
     // fetch (unsubscribing its pull request) before running jobs are handed back,
     // so the server cannot redeliver them to this stopping node.
     futures_util::future::join_all(WORK_SUBJECTS.iter().map(|s| pull(bridge.clone(), s))).await;
+}
+
+/// How often the bus lag is sampled.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Sample each work queue's backlog into metrics; warn when a consumer reaches
+/// `max_ack_pending`, where NATS stops delivering without a word.
+async fn watch_backlog(bridge: Arc<Bridge>) {
+    let hub = &bridge.hub;
+    let limit = hub.config.bus.max_ack_pending.max(0) as u64;
+    let mut every = tokio::time::interval(BACKLOG_EVERY);
+    loop {
+        every.tick().await;
+        for subject in WORK_SUBJECTS {
+            let Some(b) = hub.bus.backlog(&hub.outlet.wire_subject(subject)).await else {
+                continue;
+            };
+            hub.metrics
+                .bus_pending
+                .with_label_values(&[subject])
+                .set(b.pending as i64);
+            hub.metrics
+                .bus_ack_pending
+                .with_label_values(&[subject])
+                .set(b.ack_pending as i64);
+            if hub.bus.kind() == "nats" && b.ack_pending >= limit {
+                tracing::warn!(
+                    subject,
+                    ack_pending = b.ack_pending,
+                    "bus.max_ack_pending reached: NATS delivers no more until jobs end"
+                );
+            }
+        }
+    }
 }
 
 /// Take deliveries of `subject` as job slots free up, and run each.

@@ -324,6 +324,15 @@ impl Bus for MemoryBus {
         Ok(stream.boxed())
     }
 
+    async fn backlog(&self, subject: &str) -> Option<super::Backlog> {
+        let queues = self.shared.queues.lock();
+        let q = queues.get(subject)?;
+        Some(super::Backlog {
+            pending: (q.ready.len() + q.delayed.len()) as u64,
+            ack_pending: q.inflight.len() as u64,
+        })
+    }
+
     fn connected(&self) -> bool {
         true
     }
@@ -357,9 +366,18 @@ mod tests {
         b.enqueue("media.uploaded", "e1", Bytes::from_static(b"{}"))
             .await
             .unwrap();
+        let backlog = |pending, ack_pending| {
+            Some(super::super::Backlog {
+                pending,
+                ack_pending,
+            })
+        };
+        assert_eq!(b.backlog("media.uploaded").await, backlog(1, 0));
         let d = one(&b, 1000).await.unwrap();
         assert_eq!(d.delivered, 1);
+        assert_eq!(b.backlog("media.uploaded").await, backlog(0, 1));
         d.acker.ack().await.unwrap();
+        assert_eq!(b.backlog("media.uploaded").await, backlog(0, 0));
         assert!(one(&b, 50).await.is_none());
     }
 

@@ -94,6 +94,13 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// Work waiting in a queue, and work handed out but not yet acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub pending: u64,
+    pub ack_pending: u64,
+}
+
 /// Publish/subscribe and acknowledged work, between this node and the outside.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -126,6 +133,10 @@ pub trait Bus: Send + Sync + 'static {
         max: usize,
         wait: Duration,
     ) -> Result<BoxStream<'static, Delivery>, BusError>;
+
+    /// How much work of `subject` waits, and how much is handed out unacknowledged
+    /// (across every node): the bus lag.
+    async fn backlog(&self, subject: &str) -> Option<Backlog>;
 
     /// Wait (briefly) until everything sent so far, acks included, has left the node.
     async fn flush(&self) {}

@@ -425,6 +425,15 @@ impl Bus for NatsBus {
         Ok(deliveries.boxed())
     }
 
+    async fn backlog(&self, subject: &str) -> Option<super::Backlog> {
+        let consumer = self.consumers.lock().get(subject).cloned()?;
+        let info = consumer.get_info().await.ok()?;
+        Some(super::Backlog {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+        })
+    }
+
     async fn flush(&self) {
         let _ = tokio::time::timeout(REQUEST_TIMEOUT, self.client.flush()).await;
     }
