@@ -415,3 +415,30 @@ async fn the_node_rides_out_a_nats_restart() {
     let event = next_json(&mut chat, WAIT).await;
     assert_eq!(event["payload"]["content"], "back");
 }
+
+#[tokio::test]
+async fn a_node_starts_while_nats_is_down_and_connects_when_it_comes() {
+    let mut nats = NatsServer::start().await;
+    nats.kill();
+    let job = TestJob::new(Behaviour::Succeed);
+    let node = TestNode::start_with_jobs(on(nats.url()), media_jobs(&job)).await;
+    let (status, body) = node.get("/ready").await;
+    assert_eq!(status, 200, "serves its clients meanwhile");
+    assert!(body.contains(r#""status":"degraded""#), "{body}");
+    let mut ws = node.connect("alice").await;
+    ws.join_ok("chat:room:lobby").await;
+
+    nats.restart().await;
+    let client = nats.client().await;
+    work_queues_ready(&client).await;
+    eventually("/ready reports the bus up", || async {
+        node.get("/ready").await.1.contains(r#""status":"ready""#)
+    })
+    .await;
+    let mut ready = subscribe(&client, "media.ready").await;
+    publish(&client, "media.uploaded", &media_uploaded("e1", "m1", "u1")).await;
+    assert_eq!(
+        next_json(&mut ready, WAIT).await["payload"]["media_id"],
+        "m1"
+    );
+}
