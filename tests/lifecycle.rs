@@ -254,6 +254,18 @@ async fn bad_environment_stops_start_up_naming_the_key() {
         .env("ARMORICORE_SOCKET__MAX_CHANNELS", "lots");
     let stderr = refuses_to_start(cmd).await;
     assert!(stderr.contains("socket.max_channels"), "{stderr}");
+
+    let mut cmd = armoricore(dir.path());
+    cmd.env("JWT_SECRET", SECRET)
+        .env("MESSAGE_BUS_URL", "redis://127.0.0.1:6379");
+    let stderr = refuses_to_start(cmd).await;
+    assert!(stderr.contains("bus.url: expected nats://"), "{stderr}");
+
+    let mut cmd = armoricore(dir.path());
+    cmd.env("JWT_SECRET", SECRET)
+        .env("MESSAGE_BUS_URL", "nats://127.0.0.1:notaport");
+    let stderr = refuses_to_start(cmd).await;
+    assert!(stderr.contains("invalid bus URL"), "{stderr}");
 }
 
 #[tokio::test]
