@@ -162,6 +162,7 @@ pub struct BusConfig {
     pub dedupe_window_s: u64,
     pub buffer_events: usize,
     pub reconnect_max_delay_ms: u64,
+    pub answer_unsupported: bool,
     pub publish_chat: bool,
     pub publish_presence: bool,
 }

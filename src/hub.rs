@@ -48,6 +48,8 @@ pub struct Hub {
     /// (both outlive BusBridge restarts).
     pub jobs: Jobs,
     pub handled: Handled,
+    /// The bus's work queues are prepared (JetStream streams and consumers exist).
+    bus_work_ready: std::sync::atomic::AtomicBool,
     /// Media owners seen on the bus, for `media:{id}` joins.
     pub media_owners: crate::channels::rooms::MediaOwners,
     session_supervisor: RwLock<Option<ActorCell>>,
@@ -89,6 +91,7 @@ impl Hub {
             jobs,
             handled: Handled::default(),
             media_owners: Default::default(),
+            bus_work_ready: Default::default(),
             history: crate::history::History::new(history, pubsub.clone()),
             user_limits: crate::limits::UserLimits::new(user_per_s, user_burst),
             pubsub,
@@ -109,6 +112,19 @@ impl Hub {
 
     pub(crate) fn set_session_supervisor(&self, cell: Option<ActorCell>) {
         *self.session_supervisor.write() = cell;
+    }
+
+    /// Whether the bus is connected and its work queues are prepared.
+    pub fn bus_ready(&self) -> bool {
+        self.bus.connected()
+            && self
+                .bus_work_ready
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_bus_work_ready(&self, ready: bool) {
+        self.bus_work_ready
+            .store(ready, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Ask every part of the node to stop (SIGTERM).

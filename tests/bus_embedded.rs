@@ -117,7 +117,8 @@ async fn work_nobody_handles_is_answered_not_supported() {
 
 #[tokio::test]
 async fn chat_and_presence_events_go_out_on_the_embedded_bus() {
-    let node = TestNode::start().await;
+    // A long flush period, so a join and its leave surely share one flush.
+    let node = TestNode::start_with(|c| c.presence.broadcast_period_ms = 400).await;
     let bus = node.node().hub().bus.clone();
     let mut chat = bus.subscribe("chat.message").await.unwrap();
     let mut presence = bus.subscribe("presence.update").await.unwrap();
@@ -137,7 +138,8 @@ async fn chat_and_presence_events_go_out_on_the_embedded_bus() {
         .await;
     ws.assert_reply(&r).await;
     assert_eq!(next_json(&mut presence).await["payload"]["status"], "away");
-    // A second tab leaving is not the user going offline.
+    // A second tab leaving is not the user going offline: the remaining one's
+    // status is what they are now.
     let mut tab = node.connect("alice").await;
     tab.join_ok("presence:room:r1").await;
     assert_eq!(
@@ -145,10 +147,18 @@ async fn chat_and_presence_events_go_out_on_the_embedded_bus() {
         "online"
     );
     drop(tab);
+    assert_eq!(next_json(&mut presence).await["payload"]["status"], "away");
+    // Joining and leaving within one presence flush: nothing to say.
+    let mut blink = node.connect("bob").await;
+    let jr_b = blink.join_ok("presence:room:r1").await;
+    let r = blink
+        .push(Some(&jr_b), "presence:room:r1", "phx_leave", json!({}))
+        .await;
+    blink.assert_reply(&r).await;
     let quiet = tokio::time::timeout(Duration::from_millis(300), presence.next()).await;
     assert!(
         quiet.is_err(),
-        "no presence.update while another tab remains"
+        "no presence.update for a join undone in the same flush"
     );
 
     let jr = ws.join_ok("chat:room:lobby").await;

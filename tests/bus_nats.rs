@@ -442,3 +442,33 @@ async fn a_node_starts_while_nats_is_down_and_connects_when_it_comes() {
         "m1"
     );
 }
+
+#[tokio::test]
+async fn a_node_told_not_to_answer_unsupported_work_leaves_it_to_others() {
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let mut failed = subscribe(&client, "notification.failed").await;
+    let _quiet = TestNode::start_with(|c: &mut Config| {
+        on(nats.url())(c);
+        c.bus.answer_unsupported = false;
+    })
+    .await;
+    work_queues_ready(&client).await;
+    let request = json!({
+        "event_id": "n1", "event_type": "notification.requested",
+        "payload": {"user_id": "u1", "notification_type": "email", "title": "Hi",
+                    "body": "There", "data": {"email": "u1@example.com"}}
+    });
+    publish(&client, "notification.requested", &request).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        stream_len(&client, "ARMORICORE_WORK").await,
+        1,
+        "left in the queue"
+    );
+
+    let _answering = TestNode::start_with(on(nats.url())).await;
+    let event = next_json(&mut failed, WAIT).await;
+    assert_eq!(event["payload"]["reason"], "not_supported");
+    assert_eq!(event["payload"]["request_event_id"], "n1");
+}

@@ -33,7 +33,7 @@ use crate::jobs::{self, Job, Outcome};
 
 /// How long one fetch waits for work before asking again.
 const FETCH_WAIT: Duration = Duration::from_secs(5);
-/// A repeat of an event that is still running here is offered again after this.
+/// A repeat whose kept result could not be republished is offered again after this.
 const RUNNING_RETRY: Duration = Duration::from_secs(1);
 
 /// What became of an `event_id` on this node, for `bus.dedupe_window_s`.
@@ -173,10 +173,14 @@ impl Actor for BusBridge {
         &self,
         _myself: ActorRef<BridgeMsg>,
         msg: BridgeMsg,
-        _state: &mut BridgeState,
+        state: &mut BridgeState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            BridgeMsg::Failed(reason) => Err(reason.into()),
+            BridgeMsg::Failed(reason) => {
+                // ractor skips post_stop when handle fails: stop everything here.
+                state.stop().await;
+                Err(reason.into())
+            }
         }
     }
 
@@ -185,20 +189,40 @@ impl Actor for BusBridge {
         _myself: ActorRef<BridgeMsg>,
         state: &mut BridgeState,
     ) -> Result<(), ActorProcessingErr> {
-        for task in state.tasks.drain(..) {
+        state.stop().await;
+        Ok(())
+    }
+}
+
+impl BridgeState {
+    /// Stop pulling, then hand running jobs back (nak) so another node takes them.
+    async fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
             task.abort();
             let _ = task.await;
         }
-        for job in state.bridge.running.iter() {
+        self.bridge.hub.set_bus_work_ready(false);
+        for job in self.bridge.running.iter() {
             job.value().cancel.notify_one();
         }
         // Give cancelled jobs a moment to hand their deliveries back.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while !state.bridge.running.is_empty() && Instant::now() < deadline {
+        while !self.bridge.running.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        state.bridge.hub.bus.flush().await;
-        Ok(())
+        self.bridge.hub.bus.flush().await;
+    }
+}
+
+/// Whatever way the bridge ends (even a panic in a handler), its tasks end with it.
+impl Drop for BridgeState {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for job in self.bridge.running.iter() {
+            job.value().cancel.notify_one();
+        }
     }
 }
 
@@ -216,7 +240,7 @@ impl Bridge {
         reason: &str,
         delivered: u32,
         why: &str,
-    ) {
+    ) -> Result<(), crate::bus::BusError> {
         let hub = &self.hub;
         tracing::warn!(subject, reason, "event dead-lettered");
         hub.metrics
@@ -225,9 +249,11 @@ impl Bridge {
             .inc();
         let letter = dead_letter_body(subject, body, reason, delivered);
         let to = dead_letter_subject(hub.outlet.config(), subject);
-        if let Err(e) = hub.bus.publish(&to, letter).await {
-            tracing::error!(subject, error = %e, "could not publish a dead letter");
+        let stored = hub.bus.store_dead_letter(&to, letter).await;
+        if let Err(e) = &stored {
+            tracing::error!(subject, error = %e, "could not store a dead letter");
         }
+        stored
     }
 }
 
@@ -235,7 +261,9 @@ impl Bridge {
 async fn listen_results(bridge: Arc<Bridge>, myself: ActorRef<BridgeMsg>) {
     let hub = &bridge.hub;
     let mut streams = Vec::new();
-    for subject in RESULT_SUBJECTS {
+    // media.uploaded as a plain subscription too: every node learns who owns a
+    // media (for media:{id} joins), not only the node that runs its job.
+    for subject in RESULT_SUBJECTS.iter().chain([&events::MEDIA_UPLOADED]) {
         match hub.bus.subscribe(&hub.outlet.wire_subject(subject)).await {
             Ok(s) => streams.push(s),
             Err(e) => {
@@ -249,6 +277,13 @@ async fn listen_results(bridge: Arc<Bridge>, myself: ActorRef<BridgeMsg>) {
         let Some(subject) = unprefixed(hub, &m.subject) else {
             continue;
         };
+        if subject == events::MEDIA_UPLOADED {
+            // Work, observed only: the bridge's puller validates and runs it.
+            if let Ok(env) = events::parse(subject, &m.body) {
+                record_owner(hub, &env.payload);
+            }
+            continue;
+        }
         hub.metrics
             .bus_events_in
             .with_label_values(&[subject])
@@ -256,9 +291,10 @@ async fn listen_results(bridge: Arc<Bridge>, myself: ActorRef<BridgeMsg>) {
         match events::parse(subject, &m.body) {
             Ok(env) => push_result(hub, subject, &env),
             Err(invalid) => {
-                bridge
+                // A plain event: nothing to retry; a failure to store is logged.
+                let _ = bridge
                     .dead_letter(subject, &m.body, &invalid.reason, 1, "invalid")
-                    .await
+                    .await;
             }
         }
     }
@@ -324,10 +360,16 @@ async fn pull_all(bridge: Arc<Bridge>) {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+    hub.set_bus_work_ready(true);
+    // A subject with no handler here is left to other workers unless this node is
+    // to answer it `not_supported` (`bus.answer_unsupported`).
+    let subjects = WORK_SUBJECTS
+        .iter()
+        .filter(|s| hub.jobs.get(s).is_some() || hub.config.bus.answer_unsupported);
     // All pullers in this one task: aborting it and awaiting it drops every pending
     // fetch (unsubscribing its pull request) before running jobs are handed back,
     // so the server cannot redeliver them to this stopping node.
-    futures_util::future::join_all(WORK_SUBJECTS.iter().map(|s| pull(bridge.clone(), s))).await;
+    futures_util::future::join_all(subjects.map(|s| pull(bridge.clone(), s))).await;
 }
 
 /// How often the bus lag is sampled.
@@ -396,16 +438,29 @@ async fn pull(bridge: Arc<Bridge>, subject: &'static str) {
             Err(e) => {
                 tracing::warn!(subject, error = %e, "bus fetch failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                // The queues may be gone (NATS restarted without its store).
+                if let Err(e) = hub.bus.prepare().await {
+                    tracing::warn!(error = %e, "bus work queues not ready");
+                }
                 continue;
             }
         };
         let bridge = bridge.clone();
         fetches.push(async move {
+            let started = Instant::now();
+            let mut got = 0;
             while let Some(delivery) = deliveries.next().await {
                 let Some(permit) = permits.pop() else {
                     break; // more than asked for: never happens; it will be redelivered
                 };
+                got += 1;
                 tokio::spawn(handle(bridge.clone(), subject, delivery, permit));
+            }
+            // Nothing, and well before its wait was up: the server refused the
+            // fetch (JetStream recovering, too many pull requests). Hold the
+            // slots a moment rather than asking again at once.
+            if got == 0 && started.elapsed() < FETCH_WAIT / 2 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
     }
@@ -434,7 +489,7 @@ async fn handle(
     let event = match events::parse(subject, &delivery.body) {
         Ok(event) => event,
         Err(invalid) => {
-            bridge
+            let stored = bridge
                 .dead_letter(
                     subject,
                     &delivery.body,
@@ -443,7 +498,15 @@ async fn handle(
                     "invalid",
                 )
                 .await;
-            settle(acker.ack().await);
+            // Acknowledged only once its dead letter is kept; else offered again.
+            match stored {
+                Ok(()) => settle(acker.ack().await),
+                Err(_) => settle(
+                    acker
+                        .nak(Some(backoff(&hub.config.bus, delivery.delivered)))
+                        .await,
+                ),
+            }
             return;
         }
     };
@@ -464,8 +527,12 @@ async fn handle(
             return;
         }
         Seen::Running => {
+            // Still running here (the lease lapsed during a NATS outage, or the
+            // same event was published twice). A nak would use up its deliveries
+            // while the job runs: extend the lease instead and let the running
+            // job's ack settle it; a separate copy comes back after ack_wait.
             metrics.bus_duplicates.with_label_values(&[subject]).inc();
-            settle(acker.nak(Some(RUNNING_RETRY)).await);
+            settle(acker.progress().await);
             return;
         }
     }
@@ -502,7 +569,7 @@ async fn handle(
             "retry"
         }
         Settled::DeadLetter(reason, sent) => {
-            bridge
+            let stored = bridge
                 .dead_letter(
                     subject,
                     &delivery.body,
@@ -512,7 +579,12 @@ async fn handle(
                 )
                 .await;
             hub.handled.done(&event.event_id, sent);
-            settle(acker.ack().await);
+            match stored {
+                Ok(()) => settle(acker.ack().await),
+                // Out of deliveries: the server's max-deliveries advisory makes the
+                // rescue store it (see bus::nats).
+                Err(_) => settle(acker.nak(None).await),
+            }
             "failed"
         }
     };

@@ -129,6 +129,8 @@ struct Inner {
     /// a join storm encodes the state once per flush, not once per join.
     snapshots: HashMap<String, Arc<str>>,
     flush_scheduled: bool,
+    /// Each room user's status as last published in `presence.update`.
+    published: HashMap<String, HashMap<String, String>>,
 }
 
 /// The node's presence. Every change is applied to the table at once, under one
@@ -329,7 +331,10 @@ impl Presence {
                 inner.snapshots.remove(topic);
             }
             let updates = match &self.outlet {
-                Some(_) => user_updates(&inner.table, &pending),
+                Some(_) => {
+                    let inner = &mut *inner;
+                    user_updates(&inner.table, &pending, &mut inner.published)
+                }
                 None => Vec::new(),
             };
             (pending, updates)
@@ -356,39 +361,47 @@ impl Presence {
     }
 }
 
-/// Per user, what a flush changes: `(topic, user_id, status)` — the status of the
-/// user's latest join, or `offline` when their last connection left the topic (a
-/// user with two tabs who closes one has not gone offline).
+/// Per user, what a flush changes: `(topic, user_id, status)` for each user whose
+/// status in a room differs from the last one published — their latest
+/// connection's status, or `offline` when their last connection left (a user with
+/// two tabs who closes one has not changed). Decided from the table after the
+/// changes, so a join and a leave within one flush end as what is true now.
 fn user_updates(
     table: &Table,
     pending: &HashMap<String, (Vec<Entry>, Vec<Entry>)>,
+    published: &mut HashMap<String, HashMap<String, String>>,
 ) -> Vec<(String, String, String)> {
     let mut updates = Vec::new();
     for (topic, (joins, leaves)) in pending {
         if room_of(topic).is_none() {
             continue;
         }
-        let mut seen = std::collections::HashSet::new();
-        for e in joins.iter().rev() {
-            if seen.insert(e.key.as_str()) {
-                let status = e
-                    .meta
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .unwrap_or("online");
-                updates.push((topic.clone(), e.key.clone(), status.to_string()));
+        let touched: std::collections::HashSet<&str> =
+            joins.iter().chain(leaves).map(|e| e.key.as_str()).collect();
+        let mut now: HashMap<&str, &str> = HashMap::new();
+        for e in table.topics.get(topic).into_iter().flatten() {
+            if touched.contains(e.key.as_str()) {
+                let status = e.meta.get("status").and_then(Value::as_str);
+                now.insert(e.key.as_str(), status.unwrap_or("online"));
             }
         }
-        let present = |key: &str| {
-            table
-                .topics
-                .get(topic)
-                .is_some_and(|entries| entries.iter().any(|e| e.key == key))
-        };
-        for e in leaves {
-            if seen.insert(e.key.as_str()) && !present(&e.key) {
-                updates.push((topic.clone(), e.key.clone(), "offline".to_string()));
+        let last = published.entry(topic.clone()).or_default();
+        for key in touched {
+            let status = now.get(key).copied().unwrap_or("offline");
+            if last.get(key).map(String::as_str) == Some(status) {
+                continue;
             }
+            if status == "offline" {
+                if last.remove(key).is_none() {
+                    continue; // joined and left unseen: nothing to say
+                }
+            } else {
+                last.insert(key.to_string(), status.to_string());
+            }
+            updates.push((topic.clone(), key.to_string(), status.to_string()));
+        }
+        if last.is_empty() {
+            published.remove(topic);
         }
     }
     updates

@@ -38,13 +38,20 @@ struct Queue {
     inflight: HashMap<u64, (Instant, Item)>,
 }
 
+/// Ids seen within the window, and their order for expiry.
+#[derive(Default)]
+struct Recent {
+    ids: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
 struct Shared {
     config: BusConfig,
     metrics: Arc<Metrics>,
     plain: broadcast::Sender<Message>,
     queues: Mutex<HashMap<String, Queue>>,
     /// Event ids enqueued recently (JetStream's duplicate window, in-process).
-    recent: Mutex<HashMap<String, Instant>>,
+    recent: Mutex<Recent>,
     next_id: std::sync::atomic::AtomicU64,
     work_added: Notify,
 }
@@ -252,15 +259,29 @@ impl Bus for MemoryBus {
         Ok(stream.boxed())
     }
 
+    async fn store_dead_letter(&self, subject: &str, body: Bytes) -> Result<(), BusError> {
+        self.emit(subject, body)
+    }
+
     async fn enqueue(&self, subject: &str, event_id: &str, body: Bytes) -> Result<(), BusError> {
         let now = Instant::now();
         {
             let window = Duration::from_secs(self.shared.config.dedupe_window_s);
             let mut recent = self.shared.recent.lock();
-            recent.retain(|_, at| now.duration_since(*at) < window);
-            if recent.insert(event_id.to_string(), now).is_some() {
+            while let Some((at, _)) = recent.order.front() {
+                if now.duration_since(*at) < window {
+                    break;
+                }
+                let (at, id) = recent.order.pop_front().expect("front exists");
+                if recent.ids.get(&id) == Some(&at) {
+                    recent.ids.remove(&id);
+                }
+            }
+            if recent.ids.contains_key(event_id) {
                 return Ok(()); // the same event again: stored once
             }
+            recent.ids.insert(event_id.to_string(), now);
+            recent.order.push_back((now, event_id.to_string()));
         }
         let id = self
             .shared

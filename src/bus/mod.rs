@@ -116,6 +116,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Every plain event on `subject` (NATS wildcards `*` and `>` allowed) from now on.
     async fn subscribe(&self, subject: &str) -> Result<BoxStream<'static, Message>, BusError>;
 
+    /// Store a dead letter (`body` from [`dead_letter_body`]) on `subject`; returns
+    /// once it is kept (NATS: acknowledged by the dead-letter stream), so the
+    /// event it replaces may be acknowledged.
+    async fn store_dead_letter(&self, subject: &str, body: Bytes) -> Result<(), BusError>;
+
     /// Add a work message; returns once it is stored (JetStream: acknowledged by
     /// the stream). `event_id` dedupes repeated publishes of the same event.
     async fn enqueue(&self, subject: &str, event_id: &str, body: Bytes) -> Result<(), BusError>;

@@ -50,6 +50,8 @@ pub struct NatsBus {
     emitted: mpsc::Sender<(String, Bytes)>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     consumers: Mutex<HashMap<String, consumer::PullConsumer>>,
+    /// Set when a fetch found its stream or consumer gone.
+    lost_queues: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for NatsBus {
@@ -125,6 +127,7 @@ impl NatsBus {
             emitted,
             tasks: Mutex::new(vec![writer]),
             consumers: Mutex::default(),
+            lost_queues: Default::default(),
         })
     }
 
@@ -214,26 +217,12 @@ async fn write_emitted(
 /// Copy messages that used their last delivery to the dead-letter stream, then
 /// remove them from the work stream.
 async fn rescue_dead_letters(
-    client: async_nats::Client,
+    mut advisories: async_nats::Subscriber,
     js: jetstream::Context,
     work: stream::Stream,
     config: BusConfig,
     metrics: Arc<Metrics>,
 ) {
-    let advisory = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
-        config.stream
-    );
-    let mut advisories = match client
-        .queue_subscribe(advisory, "armoricore-dlq".into())
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch max-deliveries advisories");
-            return;
-        }
-    };
     while let Some(advisory) = advisories.next().await {
         let Some(seq) = serde_json::from_slice::<serde_json::Value>(&advisory.payload)
             .ok()
@@ -289,24 +278,31 @@ async fn rescue_dead_letters(
 
 struct NatsAcker(jetstream::message::Acker);
 
+/// Acks are publishes: while NATS is away they wait for room in the client's
+/// buffer. Never longer than this, so a job's own timers keep running.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl NatsAcker {
+    async fn send(&self, kind: AckKind) -> Result<(), BusError> {
+        tokio::time::timeout(ACK_TIMEOUT, self.0.ack_with(kind))
+            .await
+            .map_err(|_| BusError::Nats("ack timed out (NATS unreachable?)".into()))?
+            .map_err(BusError::nats)
+    }
+}
+
 #[async_trait]
 impl Acker for NatsAcker {
     async fn ack(&self) -> Result<(), BusError> {
-        self.0.ack().await.map_err(BusError::nats)
+        self.send(AckKind::Ack).await
     }
 
     async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError> {
-        self.0
-            .ack_with(AckKind::Nak(delay))
-            .await
-            .map_err(BusError::nats)
+        self.send(AckKind::Nak(delay)).await
     }
 
     async fn progress(&self) -> Result<(), BusError> {
-        self.0
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(BusError::nats)
+        self.send(AckKind::Progress).await
     }
 }
 
@@ -349,6 +345,20 @@ impl Bus for NatsBus {
             .boxed())
     }
 
+    async fn store_dead_letter(&self, subject: &str, body: Bytes) -> Result<(), BusError> {
+        let stored = async {
+            let ack = self
+                .js
+                .publish(subject.to_string(), body)
+                .await
+                .map_err(BusError::nats)?;
+            ack.await.map_err(BusError::nats).map(|_| ())
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, stored)
+            .await
+            .map_err(|_| BusError::Nats("dead letter not stored in time".into()))?
+    }
+
     async fn enqueue(&self, subject: &str, event_id: &str, body: Bytes) -> Result<(), BusError> {
         let publish = jetstream::message::PublishMessage::build()
             .payload(body)
@@ -363,7 +373,10 @@ impl Bus for NatsBus {
     }
 
     async fn prepare(&self) -> Result<(), BusError> {
-        if self.consumers.lock().len() == WORK_SUBJECTS.len() {
+        let lost = self
+            .lost_queues
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if !lost && self.consumers.lock().len() == WORK_SUBJECTS.len() {
             return Ok(());
         }
         let work = self.ensure_streams().await?;
@@ -372,8 +385,21 @@ impl Bus for NatsBus {
             let c = self.ensure_consumer(&work, subject).await?;
             consumers.insert(format!("{}{subject}", self.config.subject_prefix), c);
         }
+        // Subscribed before any fetch, so no advisory is raised before we listen.
+        let advisory = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.config.stream
+        );
+        let advisories = self
+            .client
+            .queue_subscribe(advisory, "armoricore-dlq".into())
+            .await
+            .map_err(BusError::nats)?;
+        for old in self.tasks.lock().drain(1..) {
+            old.abort(); // a previous rescue task, when the queues are prepared again
+        }
         let rescue = tokio::spawn(rescue_dead_letters(
-            self.client.clone(),
+            advisories,
             self.js.clone(),
             work,
             self.config.clone(),
@@ -404,10 +430,15 @@ impl Bus for NatsBus {
             .messages()
             .await
             .map_err(BusError::nats)?;
+        let lost = self.lost_queues.clone();
         let deliveries = batch
-            .take_while(|m| {
+            .take_while(move |m| {
                 if let Err(e) = m {
                     tracing::warn!(error = %e, "bus fetch ended");
+                    // A deleted stream or consumer: prepare the queues again.
+                    if e.to_string().to_ascii_lowercase().contains("not found") {
+                        lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 std::future::ready(m.is_ok())
             })

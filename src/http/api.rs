@@ -132,7 +132,8 @@ pub async fn publish_event(
         )
     })?;
     let wire = hub.outlet.wire_subject(&subject);
-    let bytes = envelope.to_bytes();
+    // The event as sent (defaults filled in): envelope fields we do not know are kept.
+    let bytes = Bytes::from(raw);
     let sent = if WORK_SUBJECTS.contains(&subject.as_str()) {
         hub.bus.enqueue(&wire, &envelope.event_id, bytes).await
     } else {

@@ -103,7 +103,7 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
     }
     // A node whose bus is down still serves its clients: it stays in the load
     // balancer, and says what is missing.
-    let bus = if hub.bus.connected() { "up" } else { "down" };
+    let bus = if hub.bus_ready() { "up" } else { "down" };
     let status = if bus == "up" { "ready" } else { "degraded" };
     Json(json!({
         "status": status,
