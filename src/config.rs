@@ -21,6 +21,7 @@ const LEGACY_ENV: &[(&str, &str, &str)] = &[
     ("PORT", "server", "port"),
     ("JWT_SECRET", "auth", "jwt_secret"),
     ("MESSAGE_BUS_URL", "bus", "url"),
+    ("REDIS_URL", "cluster", "redis_url"),
 ];
 
 /// Why configuration could not be loaded.
@@ -58,6 +59,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub limits: LimitsConfig,
     pub bus: BusConfig,
+    pub cluster: ClusterConfig,
     pub api: ApiConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
@@ -167,6 +169,18 @@ pub struct BusConfig {
     pub publish_presence: bool,
 }
 
+/// Redis for a cluster of nodes (`[cluster]` in config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+    pub node_name: String,
+    pub channel_prefix: String,
+    pub heartbeat_ms: u64,
+    pub node_timeout_ms: u64,
+    pub buffer_messages: usize,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
@@ -243,7 +257,13 @@ impl Config {
                 format!("required when auth.algorithm = {:?}", self.auth.algorithm),
             ));
         }
-        let positive: [(&str, u64); 17] = [
+        let positive: [(&str, u64); 20] = [
+            ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
+            ("cluster.node_timeout_ms", self.cluster.node_timeout_ms),
+            (
+                "cluster.buffer_messages",
+                self.cluster.buffer_messages as u64,
+            ),
             ("bus.ack_wait_ms", self.bus.ack_wait_ms),
             ("bus.max_deliver", self.bus.max_deliver as u64),
             ("bus.concurrency", self.bus.concurrency as u64),
@@ -292,6 +312,19 @@ impl Config {
             return Err(invalid(
                 "bus.max_ack_pending",
                 "must be at least bus.concurrency (NATS stops delivering at the limit)",
+            ));
+        }
+        let redis = &self.cluster.redis_url;
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+            return Err(invalid(
+                "cluster.redis_url",
+                format!("expected redis://host:port, got {redis:?}"),
+            ));
+        }
+        if self.cluster.node_timeout_ms <= self.cluster.heartbeat_ms {
+            return Err(invalid(
+                "cluster.node_timeout_ms",
+                "must be greater than cluster.heartbeat_ms",
             ));
         }
         if self.bus.backoff_ms.is_empty() {

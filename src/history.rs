@@ -331,7 +331,10 @@ mod tests {
             sweep_interval_s: 30,
             idempotency_window_s: 120,
         };
-        History::new(config, Arc::new(PubSub::new(Arc::new(Metrics::new()))))
+        History::new(
+            config,
+            Arc::new(PubSub::new(Arc::new(Metrics::new()), None)),
+        )
     }
 
     /// Publish `{offset}`, replying with the payload itself.

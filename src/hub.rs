@@ -68,10 +68,14 @@ impl Hub {
         metrics: Arc<Metrics>,
         bus: Arc<dyn Bus>,
         jobs: Jobs,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Hub {
         let outlet = Outlet::new(bus.clone(), config.bus.clone(), metrics.clone());
         let presence_outlet = config.bus.publish_presence.then(|| outlet.clone());
-        let pubsub = Arc::new(PubSub::new(metrics.clone()));
+        let pubsub = Arc::new(PubSub::new(metrics.clone(), cluster.clone()));
+        if let Some(cluster) = &cluster {
+            cluster.start(Arc::downgrade(&pubsub));
+        }
         let presence_period = std::time::Duration::from_millis(config.presence.broadcast_period_ms);
         let history = config.history.clone();
         let (user_per_s, user_burst) = (
@@ -112,6 +116,11 @@ impl Hub {
 
     pub(crate) fn set_session_supervisor(&self, cell: Option<ActorCell>) {
         *self.session_supervisor.write() = cell;
+    }
+
+    /// Whether the cluster's Redis is reachable (`None`: not in a cluster).
+    pub fn cluster_ready(&self) -> Option<bool> {
+        self.pubsub.cluster().map(|c| c.connected())
     }
 
     /// Whether the bus is connected and its work queues are prepared.

@@ -25,6 +25,7 @@
 //! - [`bus`]: the message bus: `Bus` trait, in-process and NATS/JetStream
 //!   implementations, [`bus::events`] (envelope and payload schemas), [`bus::Outlet`].
 //! - [`jobs`]: the `JobHandler` a work subject is handed to, and how a job ends.
+//! - [`cluster`]: Redis pub/sub between nodes (broadcasts, heartbeats) with `REDIS_URL`.
 //! - [`limits`]: token buckets for joins and client events, per connection and per user.
 //! - [`config`]: the typed configuration (`config/default.toml` + file + env).
 //! - [`metrics`]: every Prometheus series, defined in one place.
@@ -32,6 +33,7 @@
 pub mod actors;
 pub mod bus;
 pub mod channels;
+pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod http;

@@ -59,6 +59,18 @@ pub struct Metrics {
     /// Work handed out and not yet acknowledged, cluster-wide, by subject. At
     /// `bus.max_ack_pending` NATS stops delivering: keep an alert below it.
     pub bus_ack_pending: IntGaugeVec,
+    /// 1 while both Redis connections (publish, subscribe) are up (cluster mode).
+    pub redis_connected: IntGauge,
+    /// Reconnections to Redis.
+    pub redis_reconnects: IntCounter,
+    /// Round trip of a Redis publish (the heartbeat's).
+    pub redis_roundtrip_seconds: Histogram,
+    /// Broadcasts received from other nodes.
+    pub redis_messages_in: IntCounter,
+    /// Broadcasts not sent to or not received from other nodes (buffer full, lag).
+    pub redis_dropped: IntCounter,
+    /// Nodes alive in the cluster, this one included.
+    pub cluster_nodes: IntGauge,
     /// Jobs running on this node.
     pub jobs_running: IntGauge,
     /// Jobs ended, by work subject and result (`done`, `failed`, `retry`, `not_supported`).
@@ -201,6 +213,31 @@ impl Metrics {
                 "armoricore_bus_ack_pending",
                 "Work handed out and not yet acknowledged.",
                 &["subject"],
+            ),
+            redis_connected: gauge(
+                "armoricore_redis_connected",
+                "1 while the Redis connections are up.",
+            ),
+            redis_reconnects: counter(
+                "armoricore_redis_reconnects_total",
+                "Connections (and reconnections) to Redis.",
+            ),
+            redis_roundtrip_seconds: histogram(
+                "armoricore_redis_roundtrip_seconds",
+                "Round trip of a Redis publish.",
+                prometheus::exponential_buckets(1e-5, 4.0, 10).expect("valid buckets"),
+            ),
+            redis_messages_in: counter(
+                "armoricore_redis_messages_in_total",
+                "Broadcasts received from other nodes.",
+            ),
+            redis_dropped: counter(
+                "armoricore_redis_dropped_total",
+                "Broadcasts not exchanged with other nodes.",
+            ),
+            cluster_nodes: gauge(
+                "armoricore_cluster_nodes",
+                "Nodes alive in the cluster, this one included.",
             ),
             jobs_running: gauge("armoricore_jobs_running", "Jobs running on this node."),
             jobs: counter_vec(

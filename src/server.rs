@@ -36,6 +36,8 @@ pub enum StartError {
     Listener(std::io::Error),
     #[error("message bus: {0}")]
     Bus(#[from] crate::bus::BusError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("supervision tree failed to start: {0}")]
     Spawn(#[from] ractor::SpawnErr),
 }
@@ -147,7 +149,16 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let bus = crate::bus::connect(&config.bus, metrics.clone()).await?;
         tracing::info!(bus = bus.kind(), "message bus");
-        let hub = Arc::new(Hub::new(config, router, verifier, metrics, bus, jobs));
+        let cluster = if config.cluster.redis_url.is_empty() {
+            None
+        } else {
+            let c = crate::cluster::Cluster::connect(config.cluster.clone(), metrics.clone())?;
+            tracing::info!(node = %c.node_id, "cluster through Redis");
+            Some(Arc::new(c))
+        };
+        let hub = Arc::new(Hub::new(
+            config, router, verifier, metrics, bus, jobs, cluster,
+        ));
         let args = RootArgs {
             hub: hub.clone(),
             listener: Arc::new(listener),
@@ -195,6 +206,9 @@ impl Node {
         let remaining = self.hub.sessions.len();
         self.root.stop(None);
         let _ = self.root_done.await;
+        if let Some(cluster) = self.hub.pubsub.cluster() {
+            cluster.stop().await;
+        }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             remaining,

@@ -346,8 +346,9 @@ fn push_result(hub: &Hub, subject: &str, env: &Envelope) {
     if !user_only && let Some(media) = id_of(&env.payload, "media_id") {
         topics.push(format!("media:{media}"));
     }
+    // Local only: every node receives the bus event and pushes to its own clients.
     for topic in topics {
-        hub.pubsub.broadcast(&topic, event, &payload, None);
+        hub.pubsub.broadcast_local(&topic, event, &payload, None);
     }
 }
 

@@ -341,7 +341,9 @@ impl Presence {
         };
         for (topic, (joins, leaves)) in pending {
             let payload = json!({"joins": group(&joins), "leaves": group(&leaves)});
-            self.pubsub.broadcast(&topic, DIFF, &payload, None);
+            // This node's presences only, to its own clients: presence replication
+            // across a cluster is the tracker's job (not yet: see config [cluster]).
+            self.pubsub.broadcast_local(&topic, DIFF, &payload, None);
         }
         if let Some(outlet) = &self.outlet {
             let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
@@ -464,7 +466,7 @@ mod tests {
         with_tracker: bool,
     ) -> (Arc<Presence>, Outbox, OutboxReceiver) {
         let metrics = Arc::new(Metrics::new());
-        let pubsub = Arc::new(PubSub::new(metrics.clone()));
+        let pubsub = Arc::new(PubSub::new(metrics.clone(), None));
         let (outbox, rx) = channel(16);
         let sub = Subscriber {
             session: 1,

@@ -104,11 +104,18 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
     // A node whose bus is down still serves its clients: it stays in the load
     // balancer, and says what is missing.
     let bus = if hub.bus_ready() { "up" } else { "down" };
-    let status = if bus == "up" { "ready" } else { "degraded" };
-    Json(json!({
-        "status": status,
+    let mut body = json!({
+        "status": "ready",
         "connections": hub.sessions.len(),
         "bus": {"kind": hub.bus.kind(), "status": bus},
-    }))
-    .into_response()
+    });
+    let mut degraded = bus == "down";
+    if let Some(up) = hub.cluster_ready() {
+        degraded |= !up;
+        body["redis"] = json!({"status": if up { "up" } else { "down" }});
+    }
+    if degraded {
+        body["status"] = json!("degraded");
+    }
+    Json(body).into_response()
 }

@@ -18,6 +18,7 @@ use indexmap::IndexMap;
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::protocols::phoenix::{Fastlane, Frame, Vsn};
 pub use outbox::{Outbox, PushError};
@@ -41,10 +42,11 @@ struct Topic {
     dead: bool,
 }
 
-/// The node-local topic registry.
+/// The node's topic registry; with a cluster, also its link to the other nodes.
 pub struct PubSub {
     topics: DashMap<Arc<str>, Arc<Mutex<Topic>>>,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Queue one frame; a full queue closes the connection as a slow consumer.
@@ -72,11 +74,16 @@ pub fn offer(outbox: &Outbox, frame: Frame, metrics: &Metrics) -> bool {
 }
 
 impl PubSub {
-    pub fn new(metrics: Arc<Metrics>) -> PubSub {
+    pub fn new(metrics: Arc<Metrics>, cluster: Option<Arc<Cluster>>) -> PubSub {
         PubSub {
             topics: DashMap::new(),
             metrics,
+            cluster,
         }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The live topic entry, created if missing. The shard lock is released before
@@ -108,6 +115,12 @@ impl PubSub {
         let mut subscriber = Some(subscriber);
         self.with_topic(topic, |t| {
             if let Some(s) = subscriber.take() {
+                // Under the topic lock, so watch and unwatch go out in order.
+                if t.subscribers.is_empty()
+                    && let Some(cluster) = &self.cluster
+                {
+                    cluster.watch(topic);
+                }
                 t.subscribers.insert(s.session, s);
             }
         });
@@ -122,14 +135,33 @@ impl PubSub {
         guard.subscribers.swap_remove(&session);
         if guard.subscribers.is_empty() && !guard.dead {
             guard.dead = true;
+            if let Some(cluster) = &self.cluster {
+                cluster.unwatch(topic);
+            }
             drop(guard);
             self.topics
                 .remove_if(topic, |_, current| Arc::ptr_eq(current, &t));
         }
     }
 
-    /// Queue `event` to every subscriber of `topic` except `except`; returns how many.
+    /// Queue `event` to every subscriber of `topic` except `except`, on this node
+    /// and (in a cluster) on the others; returns how many local subscribers.
     pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: &Value,
+        except: Option<SessionId>,
+    ) -> usize {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(topic, event, payload);
+        }
+        self.broadcast_local(topic, event, payload, except)
+    }
+
+    /// Queue `event` to this node's subscribers of `topic` only (what other nodes
+    /// sent, presence diffs, bus results every node receives itself).
+    pub fn broadcast_local(
         &self,
         topic: &str,
         event: &str,
@@ -214,7 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn broadcast_shares_bytes_per_serializer() {
-        let ps = PubSub::new(Arc::new(Metrics::new()));
+        let ps = PubSub::new(Arc::new(Metrics::new()), None);
         let mut a = sub(&ps, "t", 1, Vsn::V2);
         let mut b = sub(&ps, "t", 2, Vsn::V2);
         let mut c = sub(&ps, "t", 3, Vsn::V1);
@@ -226,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn topics_are_pruned_when_empty() {
-        let ps = PubSub::new(Arc::new(Metrics::new()));
+        let ps = PubSub::new(Arc::new(Metrics::new()), None);
         let _a = sub(&ps, "t", 1, Vsn::V2);
         assert_eq!(ps.topic_count(), 1);
         ps.unsubscribe("t", 1);
@@ -235,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn slow_consumer_is_closed_not_buffered() {
-        let ps = PubSub::new(Arc::new(Metrics::new()));
+        let ps = PubSub::new(Arc::new(Metrics::new()), None);
         let (outbox, mut rx) = channel(1);
         ps.subscribe(
             "t",
@@ -252,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn resubscribe_after_the_topic_emptied() {
-        let ps = PubSub::new(Arc::new(Metrics::new()));
+        let ps = PubSub::new(Arc::new(Metrics::new()), None);
         let _a = sub(&ps, "t", 1, Vsn::V2);
         let held = ps.topic("t");
         ps.unsubscribe("t", 1);

@@ -4,6 +4,7 @@
 
 pub mod jobs;
 pub mod nats;
+pub mod redis;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

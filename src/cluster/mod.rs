@@ -1,0 +1,347 @@
+//! Cluster: nodes behind a load balancer share their broadcasts through Redis
+//! pub/sub (`fred`), when `cluster.redis_url` (`REDIS_URL`) is set.
+//!
+//! ```text
+//! armoricore:t:{topic}   one Redis channel per topic, subscribed by a node while it
+//!                        has a local subscriber of the topic (SUBSCRIBE on the
+//!                        first, UNSUBSCRIBE after the last); a broadcast is
+//!                        published once per node: {"n": node_id, "e": event, "p": payload}
+//! armoricore:nodes       heartbeats {"n": node_id} every cluster.heartbeat_ms:
+//!                        who is alive (armoricore_cluster_nodes)
+//! ```
+//!
+//! A node delivers what others publish to its local subscribers (skipping its own
+//! messages, which it delivered itself). Redis keeps the order of one connection's
+//! publishes, and each node publishes through one connection in the order of its
+//! broadcasts, so clients see each publisher's messages in order.
+//!
+//! Redis down: local delivery goes on, remote broadcasts wait in a bounded buffer
+//! (`cluster.buffer_messages`, then dropped and counted), the clients reconnect
+//! with backoff and resubscribe, `/ready` says `degraded`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::Builder;
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::ClusterConfig;
+use crate::metrics::Metrics;
+use crate::pubsub::PubSub;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid Redis URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// A broadcast as it crosses Redis.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    n: &'a str,
+    e: &'a str,
+    p: &'a Value,
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    n: String,
+    e: String,
+    p: Value,
+}
+
+/// Subscription changes, applied in order by one task.
+enum Interest {
+    Watch(String),
+    Unwatch(String),
+}
+
+/// What the tasks started by [`Cluster::start`] read from.
+type Receivers = (
+    mpsc::Receiver<(String, Bytes)>,
+    mpsc::UnboundedReceiver<Interest>,
+);
+
+/// This node's link to the others.
+pub struct Cluster {
+    pub node_id: String,
+    config: ClusterConfig,
+    metrics: Arc<Metrics>,
+    publisher: Client,
+    subscriber: SubscriberClient,
+    outgoing: mpsc::Sender<(String, Bytes)>,
+    interest: mpsc::UnboundedSender<Interest>,
+    receivers: Mutex<Option<Receivers>>,
+    /// Last heartbeat of every other node.
+    nodes: Mutex<HashMap<String, Instant>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Cluster {
+    /// Connect to Redis (in the background: a Redis that is down is retried, and
+    /// `/ready` says so meanwhile). A malformed URL is an error at once.
+    pub fn connect(config: ClusterConfig, metrics: Arc<Metrics>) -> Result<Cluster, ClusterError> {
+        let redis = RedisConfig::from_url(&config.redis_url).map_err(|e| ClusterError::Url {
+            url: config.redis_url.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut builder = Builder::from_config(redis);
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .with_performance_config(|p| p.broadcast_channel_capacity = 65_536)
+            .with_connection_config(|c| c.max_command_buffer_len = config.buffer_messages);
+        let publisher = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        let node_id = format!(
+            "{}-{}",
+            config.node_name,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let (outgoing, out_rx) = mpsc::channel(config.buffer_messages.max(1));
+        let (interest, interest_rx) = mpsc::unbounded_channel();
+        Ok(Cluster {
+            node_id,
+            config,
+            metrics,
+            publisher,
+            subscriber,
+            outgoing,
+            interest,
+            receivers: Mutex::new(Some((out_rx, interest_rx))),
+            nodes: Mutex::default(),
+            tasks: Mutex::default(),
+        })
+    }
+
+    fn channel(&self, topic: &str) -> String {
+        format!("{}t:{topic}", self.config.channel_prefix)
+    }
+
+    fn nodes_channel(&self) -> String {
+        format!("{}nodes", self.config.channel_prefix)
+    }
+
+    /// Start the connections and the tasks delivering remote broadcasts to `pubsub`.
+    pub fn start(self: &Arc<Self>, pubsub: Weak<PubSub>) {
+        let Some((out_rx, interest_rx)) = self.receivers.lock().take() else {
+            return; // started already
+        };
+        let connections = (self.publisher.connect(), self.subscriber.connect());
+        let resubscribe = self.subscriber.manage_subscriptions();
+        let reconnects = {
+            let metrics = self.metrics.clone();
+            self.publisher.on_reconnect(move |server| {
+                let metrics = metrics.clone();
+                async move {
+                    tracing::info!(%server, "redis connected");
+                    metrics.redis_reconnects.inc();
+                    Ok(())
+                }
+            })
+        };
+        let errors = self.publisher.on_error(|(error, server)| async move {
+            tracing::warn!(%error, ?server, "redis connection error");
+            Ok(())
+        });
+        let mut tasks = self.tasks.lock();
+        tasks.push(tokio::spawn(async move {
+            let _ = tokio::join!(
+                connections.0,
+                connections.1,
+                resubscribe,
+                reconnects,
+                errors
+            );
+        }));
+        tasks.push(tokio::spawn(self.clone().publish_loop(out_rx)));
+        tasks.push(tokio::spawn(self.clone().interest_loop(interest_rx)));
+        tasks.push(tokio::spawn(self.clone().receive_loop(pubsub)));
+        tasks.push(tokio::spawn(self.clone().heartbeat_loop()));
+    }
+
+    /// Leave the cluster: stop the tasks and close both connections.
+    pub async fn stop(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        let quit = async {
+            let _ = self.subscriber.quit().await;
+            let _ = self.publisher.quit().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), quit).await;
+    }
+
+    /// Publish `event` on `topic` to the other nodes (never waits; a full buffer
+    /// drops it, counted).
+    pub fn publish(&self, topic: &str, event: &str, payload: &Value) {
+        let message = Outgoing {
+            n: &self.node_id,
+            e: event,
+            p: payload,
+        };
+        let body = Bytes::from(serde_json::to_vec(&message).expect("JSON values serialize"));
+        if self.outgoing.try_send((self.channel(topic), body)).is_err() {
+            self.metrics.redis_dropped.inc();
+        }
+    }
+
+    /// The first local subscriber of `topic` arrived: receive its remote broadcasts.
+    pub fn watch(&self, topic: &str) {
+        let _ = self.interest.send(Interest::Watch(topic.to_string()));
+    }
+
+    /// The last local subscriber of `topic` left.
+    pub fn unwatch(&self, topic: &str) {
+        let _ = self.interest.send(Interest::Unwatch(topic.to_string()));
+    }
+
+    /// Both Redis connections are up.
+    pub fn connected(&self) -> bool {
+        self.publisher.is_connected() && self.subscriber.is_connected()
+    }
+
+    /// Nodes alive (heartbeat within `cluster.node_timeout_ms`), this one included.
+    pub fn size(&self) -> usize {
+        let timeout = Duration::from_millis(self.config.node_timeout_ms);
+        1 + self
+            .nodes
+            .lock()
+            .values()
+            .filter(|at| at.elapsed() < timeout)
+            .count()
+    }
+
+    /// Send broadcasts in order, several in flight on the one connection.
+    async fn publish_loop(self: Arc<Self>, rx: mpsc::Receiver<(String, Bytes)>) {
+        let publisher = self.publisher.clone();
+        let metrics = self.metrics.clone();
+        tokio_stream_from(rx)
+            .map(|(channel, body)| {
+                let publisher = publisher.clone();
+                async move { publisher.publish::<i64, _, _>(channel, body).await }
+            })
+            .buffered(64)
+            .for_each(|r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "redis publish failed");
+                    metrics.redis_dropped.inc();
+                }
+                std::future::ready(())
+            })
+            .await;
+    }
+
+    /// Apply subscription changes in the order they happened.
+    async fn interest_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Interest>) {
+        if let Err(e) = self.subscriber.subscribe(self.nodes_channel()).await {
+            tracing::warn!(error = %e, "redis subscribe to heartbeats failed (retried on reconnect)");
+        }
+        while let Some(change) = rx.recv().await {
+            // A failure here is while Redis is down: manage_subscriptions applies
+            // the tracked set again on reconnect.
+            let r = match change {
+                Interest::Watch(t) => self.subscriber.subscribe(self.channel(&t)).await,
+                Interest::Unwatch(t) => self.subscriber.unsubscribe(self.channel(&t)).await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "redis subscription change deferred");
+            }
+        }
+    }
+
+    /// Deliver other nodes' broadcasts to local subscribers; note heartbeats.
+    async fn receive_loop(self: Arc<Self>, pubsub: Weak<PubSub>) {
+        let mut rx = self.subscriber.message_rx();
+        let topic_prefix = format!("{}t:", self.config.channel_prefix);
+        let nodes = self.nodes_channel();
+        loop {
+            let message = match rx.recv().await {
+                Ok(m) => m,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "redis messages dropped: receiver lagging");
+                    self.metrics.redis_dropped.inc_by(n);
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let Some(body) = message.value.as_bytes() else {
+                continue;
+            };
+            let Ok(incoming) = serde_json::from_slice::<Incoming>(body) else {
+                tracing::warn!(channel = %message.channel, "unreadable cluster message");
+                continue;
+            };
+            if incoming.n == self.node_id {
+                continue; // our own: delivered locally already
+            }
+            if *message.channel == *nodes {
+                self.nodes.lock().insert(incoming.n, Instant::now());
+                continue;
+            }
+            let Some(topic) = message.channel.strip_prefix(topic_prefix.as_str()) else {
+                continue;
+            };
+            let Some(pubsub) = pubsub.upgrade() else {
+                return;
+            };
+            self.metrics.redis_messages_in.inc();
+            pubsub.broadcast_local(topic, &incoming.e, &incoming.p, None);
+        }
+    }
+
+    /// Announce this node, time the round trip, forget silent nodes.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let beat = Bytes::from(
+            serde_json::to_vec(
+                &serde_json::json!({"n": self.node_id, "e": "heartbeat", "p": null}),
+            )
+            .expect("JSON serializes"),
+        );
+        let mut every = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
+        let timeout = Duration::from_millis(self.config.node_timeout_ms);
+        loop {
+            every.tick().await;
+            let started = Instant::now();
+            let sent = self
+                .publisher
+                .publish::<i64, _, _>(self.nodes_channel(), beat.clone());
+            match tokio::time::timeout(timeout, sent).await {
+                Ok(Ok(_)) => self
+                    .metrics
+                    .redis_roundtrip_seconds
+                    .observe(started.elapsed().as_secs_f64()),
+                _ => tracing::debug!("redis heartbeat not sent"),
+            }
+            self.nodes.lock().retain(|_, at| at.elapsed() < timeout * 4);
+            self.metrics.cluster_nodes.set(self.size() as i64);
+            self.metrics.redis_connected.set(self.connected() as i64);
+        }
+    }
+}
+
+/// An mpsc receiver as a stream (tokio-stream is not a dependency for this).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}

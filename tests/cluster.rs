@@ -1,0 +1,197 @@
+//! Nodes sharing broadcasts through a real `redis-server` on a random port:
+//! clients on different nodes see each other's messages, in order per publisher,
+//! and a Redis restart under running nodes only pauses what crosses nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{PhxClient, TestNode, WAIT, eventually};
+use serde_json::json;
+
+async fn node_on(redis: &RedisServer, name: &str) -> TestNode {
+    let (url, name) = (redis.url(), name.to_string());
+    TestNode::start_with(move |c| {
+        c.cluster.redis_url = url;
+        c.cluster.node_name = name;
+        c.cluster.heartbeat_ms = 100;
+        c.cluster.node_timeout_ms = 1000;
+    })
+    .await
+}
+
+/// Both nodes see each other (heartbeats), so their subscriptions are in place.
+async fn clustered(a: &TestNode, b: &TestNode) {
+    for node in [a, b] {
+        eventually("both nodes in the cluster", || async {
+            node.metric("armoricore_cluster_nodes").await == 2.0
+        })
+        .await;
+    }
+}
+
+/// Join `topic` and wait until the node's Redis subscription has surely been made
+/// (a subscribe is one round trip; heartbeats prove the link works).
+async fn join(node: &TestNode, user: &str, topic: &str) -> (PhxClient, String) {
+    let mut c = node.connect(user).await;
+    let jr = c.join_ok(topic).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (c, jr)
+}
+
+#[tokio::test]
+async fn clients_on_different_nodes_see_each_others_messages_in_order() {
+    let redis = RedisServer::start().await;
+    let a = node_on(&redis, "a").await;
+    let b = node_on(&redis, "b").await;
+    clustered(&a, &b).await;
+    let (mut alice, jr) = join(&a, "alice", "comments:stream:1").await;
+    let (mut bob, _) = join(&b, "bob", "comments:stream:1").await;
+
+    for i in 0..50 {
+        let r = alice
+            .push(
+                Some(&jr),
+                "comments:stream:1",
+                "new_comment",
+                json!({"content": format!("c{i}")}),
+            )
+            .await;
+        alice.assert_reply(&r).await;
+    }
+    for i in 0..50 {
+        let push = bob.assert_push("comments:stream:1", "new_comment").await;
+        assert_eq!(
+            push[4]["content"],
+            format!("c{i}"),
+            "in order per publisher"
+        );
+        assert_eq!(push[4]["user_id"], "alice");
+    }
+    assert!(b.metric("armoricore_redis_messages_in_total").await >= 50.0);
+
+    // The server API's broadcast reaches every node's subscribers.
+    let (status, _) = b
+        .api_post(
+            "/api/broadcast",
+            &json!({"topic": "comments:stream:1", "event": "announcement", "payload": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        alice.assert_push("comments:stream:1", "announcement").await[4]["x"],
+        1
+    );
+    assert_eq!(
+        bob.assert_push("comments:stream:1", "announcement").await[4]["x"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_node_receives_only_the_topics_its_clients_joined() {
+    let redis = RedisServer::start().await;
+    let a = node_on(&redis, "a").await;
+    let b = node_on(&redis, "b").await;
+    clustered(&a, &b).await;
+    let (mut alice, jr) = join(&a, "alice", "comments:stream:busy").await;
+    let (mut carol, _) = join(&a, "carol", "comments:stream:busy").await;
+    let before = b.metric("armoricore_redis_messages_in_total").await;
+    for _ in 0..5 {
+        let r = alice
+            .push(
+                Some(&jr),
+                "comments:stream:busy",
+                "new_comment",
+                json!({"content": "x"}),
+            )
+            .await;
+        alice.assert_reply(&r).await;
+        carol
+            .assert_push("comments:stream:busy", "new_comment")
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        b.metric("armoricore_redis_messages_in_total").await,
+        before,
+        "node b has no subscriber of that topic and did not subscribe to it"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restart_pauses_only_what_crosses_nodes() {
+    let mut redis = RedisServer::start().await;
+    let a = node_on(&redis, "a").await;
+    let b = node_on(&redis, "b").await;
+    clustered(&a, &b).await;
+    let (mut alice, jr) = join(&a, "alice", "comments:stream:2").await;
+    let (mut carol, _) = join(&a, "carol", "comments:stream:2").await;
+    let (mut bob, _) = join(&b, "bob", "comments:stream:2").await;
+
+    redis.kill();
+    eventually("/ready reports Redis down", || async {
+        let (status, body) = a.get("/ready").await;
+        status == 200
+            && body.contains(r#""status":"degraded""#)
+            && body.contains(r#""redis":{"status":"down"}"#)
+    })
+    .await;
+    // Local delivery goes on.
+    let r = alice
+        .push(
+            Some(&jr),
+            "comments:stream:2",
+            "new_comment",
+            json!({"content": "local"}),
+        )
+        .await;
+    alice.assert_reply(&r).await;
+    assert_eq!(
+        carol.assert_push("comments:stream:2", "new_comment").await[4]["content"],
+        "local"
+    );
+
+    redis.restart().await;
+    eventually("/ready reports Redis up", || async {
+        a.get("/ready")
+            .await
+            .1
+            .contains(r#""redis":{"status":"up"}"#)
+            && b.get("/ready")
+                .await
+                .1
+                .contains(r#""redis":{"status":"up"}"#)
+    })
+    .await;
+    clustered(&a, &b).await;
+    // Resubscribed: messages cross nodes again (retry while subscriptions settle).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = alice
+            .push(
+                Some(&jr),
+                "comments:stream:2",
+                "new_comment",
+                json!({"content": "again"}),
+            )
+            .await;
+        alice.assert_reply(&r).await;
+        let got = tokio::time::timeout(
+            Duration::from_millis(300),
+            bob.find("a message after the restart", |f| {
+                f[3] == "new_comment" && f[4]["content"] == "again"
+            }),
+        )
+        .await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no cross-node delivery after Redis restarted"
+        );
+    }
+    assert!(a.metric("armoricore_redis_reconnects_total").await >= 2.0);
+}
