@@ -73,23 +73,24 @@ impl Hub {
         let outlet = Outlet::new(bus.clone(), config.bus.clone(), metrics.clone());
         let presence_outlet = config.bus.publish_presence.then(|| outlet.clone());
         let pubsub = Arc::new(PubSub::new(metrics.clone(), cluster.clone()));
-        if let Some(cluster) = &cluster {
-            cluster.start(Arc::downgrade(&pubsub));
-        }
         let presence_period = std::time::Duration::from_millis(config.presence.broadcast_period_ms);
         let history = config.history.clone();
         let (user_per_s, user_burst) = (
             config.limits.user_events_per_s,
             config.limits.user_events_burst,
         );
+        let presence = Arc::new(Presence::new(
+            pubsub.clone(),
+            metrics.clone(),
+            presence_period,
+            presence_outlet,
+        ));
+        if let Some(cluster) = &cluster {
+            cluster.start(Arc::downgrade(&pubsub), Arc::downgrade(&presence));
+        }
         Hub {
             config: Arc::new(config),
-            presence: Arc::new(Presence::new(
-                pubsub.clone(),
-                metrics.clone(),
-                presence_period,
-                presence_outlet,
-            )),
+            presence,
             bus,
             outlet,
             jobs,

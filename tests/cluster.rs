@@ -195,3 +195,70 @@ async fn a_redis_restart_pauses_only_what_crosses_nodes() {
     }
     assert!(a.metric("armoricore_redis_reconnects_total").await >= 2.0);
 }
+
+/// The presence list of `topic` as `node` has it (`/api/presence`), as sorted keys.
+async fn presence_keys(node: &TestNode, topic: &str) -> Vec<String> {
+    let auth = format!("apikey {}", common::API_KEY);
+    let (_, body) = common::http(
+        node.addr,
+        "GET",
+        &format!("/api/presence/{topic}"),
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut keys: Vec<String> = list.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn presence_is_the_same_on_every_node_and_a_silent_node_leaves_it() {
+    let redis = RedisServer::start().await;
+    let a = node_on(&redis, "a").await;
+    let b = node_on(&redis, "b").await;
+    clustered(&a, &b).await;
+    let (mut alice, _) = join(&a, "alice", "chat:room:p").await;
+    let (mut bob, _) = join(&b, "bob", "chat:room:p").await;
+    let both = vec!["alice".to_string(), "bob".to_string()];
+    for node in [&a, &b] {
+        eventually("both nodes list alice and bob", || async {
+            presence_keys(node, "chat:room:p").await == both
+        })
+        .await;
+    }
+    // Alice's client learns of bob through a presence_diff from the other node.
+    alice
+        .find("bob's join", |f| {
+            f[3] == "presence_diff" && f[4]["joins"].get("bob").is_some()
+        })
+        .await;
+    // A node joining later gets the full state.
+    let c = node_on(&redis, "c").await;
+    eventually("node c lists both", || async {
+        presence_keys(&c, "chat:room:p").await == both
+    })
+    .await;
+
+    // Node b goes silent (no goodbye, as with kill -9): its presences leave.
+    let started = std::time::Instant::now();
+    b.node().hub().pubsub.cluster().unwrap().stop().await;
+    alice
+        .find("bob's leave", |f| {
+            f[3] == "presence_diff" && f[4]["leaves"].get("bob").is_some()
+        })
+        .await;
+    let purge = started.elapsed();
+    assert!(
+        purge < Duration::from_secs(3),
+        "purged after {purge:?} (timeout 1 s)"
+    );
+    for node in [&a, &c] {
+        eventually("bob gone everywhere", || async {
+            presence_keys(node, "chat:room:p").await == vec!["alice".to_string()]
+        })
+        .await;
+    }
+    let _ = bob.heartbeat().await;
+}

@@ -35,6 +35,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+mod tracker;
+
+use crate::actors::presence::Presence;
 use crate::config::ClusterConfig;
 use crate::metrics::Metrics;
 use crate::pubsub::PubSub;
@@ -84,8 +87,11 @@ pub struct Cluster {
     outgoing: mpsc::Sender<(String, Bytes)>,
     interest: mpsc::UnboundedSender<Interest>,
     receivers: Mutex<Option<Receivers>>,
-    /// Last heartbeat of every other node.
-    nodes: Mutex<HashMap<String, Instant>>,
+    /// Every other node heard from, and how far its presence changes were applied.
+    peers: Mutex<HashMap<String, tracker::Peer>>,
+    /// Number of this node's last presence change sent.
+    presence_seq: std::sync::atomic::AtomicU64,
+    presence: Mutex<Option<Weak<Presence>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -128,7 +134,9 @@ impl Cluster {
             outgoing,
             interest,
             receivers: Mutex::new(Some((out_rx, interest_rx))),
-            nodes: Mutex::default(),
+            peers: Mutex::default(),
+            presence_seq: Default::default(),
+            presence: Mutex::default(),
             tasks: Mutex::default(),
         })
     }
@@ -141,11 +149,13 @@ impl Cluster {
         format!("{}nodes", self.config.channel_prefix)
     }
 
-    /// Start the connections and the tasks delivering remote broadcasts to `pubsub`.
-    pub fn start(self: &Arc<Self>, pubsub: Weak<PubSub>) {
+    /// Start the connections and the tasks delivering remote broadcasts to `pubsub`
+    /// and replicating `presence`.
+    pub fn start(self: &Arc<Self>, pubsub: Weak<PubSub>, presence: Weak<Presence>) {
         let Some((out_rx, interest_rx)) = self.receivers.lock().take() else {
             return; // started already
         };
+        *self.presence.lock() = Some(presence);
         let connections = (self.publisher.connect(), self.subscriber.connect());
         let resubscribe = self.subscriber.manage_subscriptions();
         let reconnects = {
@@ -220,14 +230,14 @@ impl Cluster {
         self.publisher.is_connected() && self.subscriber.is_connected()
     }
 
-    /// Nodes alive (heartbeat within `cluster.node_timeout_ms`), this one included.
+    /// Nodes alive (heard from within `cluster.node_timeout_ms`), this one included.
     pub fn size(&self) -> usize {
         let timeout = Duration::from_millis(self.config.node_timeout_ms);
         1 + self
-            .nodes
+            .peers
             .lock()
             .values()
-            .filter(|at| at.elapsed() < timeout)
+            .filter(|p| p.last_seen.elapsed() < timeout)
             .count()
     }
 
@@ -253,8 +263,13 @@ impl Cluster {
 
     /// Apply subscription changes in the order they happened.
     async fn interest_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Interest>) {
-        if let Err(e) = self.subscriber.subscribe(self.nodes_channel()).await {
-            tracing::warn!(error = %e, "redis subscribe to heartbeats failed (retried on reconnect)");
+        for channel in [
+            self.nodes_channel(),
+            format!("{}presence", self.config.channel_prefix),
+        ] {
+            if let Err(e) = self.subscriber.subscribe(channel).await {
+                tracing::warn!(error = %e, "redis subscribe failed (retried on reconnect)");
+            }
         }
         while let Some(change) = rx.recv().await {
             // A failure here is while Redis is down: manage_subscriptions applies
@@ -274,6 +289,7 @@ impl Cluster {
         let mut rx = self.subscriber.message_rx();
         let topic_prefix = format!("{}t:", self.config.channel_prefix);
         let nodes = self.nodes_channel();
+        let presence = format!("{}presence", self.config.channel_prefix);
         loop {
             let message = match rx.recv().await {
                 Ok(m) => m,
@@ -287,6 +303,10 @@ impl Cluster {
             let Some(body) = message.value.as_bytes() else {
                 continue;
             };
+            if *message.channel == *presence {
+                self.on_replica(body);
+                continue;
+            }
             let Ok(incoming) = serde_json::from_slice::<Incoming>(body) else {
                 tracing::warn!(channel = %message.channel, "unreadable cluster message");
                 continue;
@@ -295,7 +315,8 @@ impl Cluster {
                 continue; // our own: delivered locally already
             }
             if *message.channel == *nodes {
-                self.nodes.lock().insert(incoming.n, Instant::now());
+                let seq = incoming.p["seq"].as_u64().unwrap_or(0);
+                self.on_heartbeat(incoming.n, seq);
                 continue;
             }
             let Some(topic) = message.channel.strip_prefix(topic_prefix.as_str()) else {
@@ -309,30 +330,42 @@ impl Cluster {
         }
     }
 
-    /// Announce this node, time the round trip, forget silent nodes.
+    /// Announce this node (in order with its presence deltas), time the Redis
+    /// round trip, and remove the presences of nodes gone silent.
     async fn heartbeat_loop(self: Arc<Self>) {
-        let beat = Bytes::from(
-            serde_json::to_vec(
-                &serde_json::json!({"n": self.node_id, "e": "heartbeat", "p": null}),
-            )
-            .expect("JSON serializes"),
-        );
         let mut every = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
         let timeout = Duration::from_millis(self.config.node_timeout_ms);
         loop {
             every.tick().await;
-            let started = Instant::now();
-            let sent = self
-                .publisher
-                .publish::<i64, _, _>(self.nodes_channel(), beat.clone());
-            match tokio::time::timeout(timeout, sent).await {
-                Ok(Ok(_)) => self
-                    .metrics
-                    .redis_roundtrip_seconds
-                    .observe(started.elapsed().as_secs_f64()),
-                _ => tracing::debug!("redis heartbeat not sent"),
+            let seq = self.presence_seq.load(std::sync::atomic::Ordering::SeqCst);
+            let beat = serde_json::json!({"n": self.node_id, "e": "heartbeat", "p": {"seq": seq}});
+            let body = Bytes::from(serde_json::to_vec(&beat).expect("JSON serializes"));
+            if self
+                .outgoing
+                .try_send((self.nodes_channel(), body))
+                .is_err()
+            {
+                self.metrics.redis_dropped.inc();
             }
-            self.nodes.lock().retain(|_, at| at.elapsed() < timeout * 4);
+            let started = Instant::now();
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(timeout, self.publisher.ping::<String>(None)).await
+            {
+                self.metrics
+                    .redis_roundtrip_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let silent: Vec<String> = self
+                .peers
+                .lock()
+                .iter()
+                .filter(|(_, p)| p.last_seen.elapsed() >= timeout)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for node in silent {
+                tracing::warn!(%node, "cluster node silent: its presences leave");
+                self.drop_peer(&node);
+            }
             self.metrics.cluster_nodes.set(self.size() as i64);
             self.metrics.redis_connected.set(self.connected() as i64);
         }

@@ -22,6 +22,10 @@ use parking_lot::{Mutex, RwLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Map, Value, json};
 
+mod remote;
+
+pub use remote::Wire;
+
 use crate::bus::Outlet;
 use crate::metrics::Metrics;
 use crate::protocols::phoenix::{self, Vsn};
@@ -42,6 +46,8 @@ pub struct Entry {
     key: String,
     /// The meta as sent to clients, `phx_ref` included.
     meta: Map<String, Value>,
+    /// The node that owns it; `None`: this one (see [`remote`]).
+    origin: Option<Arc<str>>,
 }
 
 /// Every presence on this node, by topic.
@@ -76,10 +82,12 @@ impl Table {
     }
 
     fn insert(&mut self, topic: &str, entry: Entry) {
-        self.by_session
-            .entry(entry.session)
-            .or_default()
-            .push(topic.to_string());
+        if entry.origin.is_none() {
+            self.by_session
+                .entry(entry.session)
+                .or_default()
+                .push(topic.to_string());
+        }
         self.topics
             .entry(topic.to_string())
             .or_default()
@@ -101,8 +109,9 @@ impl Table {
         let Some(entries) = self.topics.get_mut(topic) else {
             return Vec::new();
         };
-        let (gone, kept): (Vec<Entry>, Vec<Entry>) =
-            entries.drain(..).partition(|e| e.session == session);
+        let (gone, kept): (Vec<Entry>, Vec<Entry>) = entries
+            .drain(..)
+            .partition(|e| e.origin.is_none() && e.session == session);
         *entries = kept;
         if entries.is_empty() {
             self.topics.remove(topic);
@@ -201,6 +210,7 @@ impl Presence {
             session,
             key: key.to_string(),
             meta,
+            origin: None,
         };
         let state = {
             let mut inner = self.inner.lock();
@@ -242,7 +252,7 @@ impl Presence {
                 .get_mut(topic)
                 .into_iter()
                 .flatten()
-                .filter(|e| e.session == session)
+                .filter(|e| e.origin.is_none() && e.session == session)
             {
                 leaves.push(e.clone());
                 let prev = e.meta.get("phx_ref").cloned().unwrap_or(Value::Null);
@@ -337,12 +347,19 @@ impl Presence {
                 }
                 None => Vec::new(),
             };
+            // This node's own changes go to the other nodes, numbered under the
+            // lock so deltas and full states leave in the order they happened.
+            if let Some(cluster) = self.pubsub.cluster() {
+                for (topic, (joins, leaves)) in &pending {
+                    remote::replicate(cluster, topic, joins, leaves);
+                }
+            }
             (pending, updates)
         };
         for (topic, (joins, leaves)) in pending {
             let payload = json!({"joins": group(&joins), "leaves": group(&leaves)});
-            // This node's presences only, to its own clients: presence replication
-            // across a cluster is the tracker's job (not yet: see config [cluster]).
+            // To this node's clients: every node sends its clients the diffs of
+            // every node's presences (the others' come from replication).
             self.pubsub.broadcast_local(&topic, DIFF, &payload, None);
         }
         if let Some(outlet) = &self.outlet {
@@ -378,8 +395,13 @@ fn user_updates(
         if room_of(topic).is_none() {
             continue;
         }
-        let touched: std::collections::HashSet<&str> =
-            joins.iter().chain(leaves).map(|e| e.key.as_str()).collect();
+        // Users of this node only: each node speaks for its own connections.
+        let touched: std::collections::HashSet<&str> = joins
+            .iter()
+            .chain(leaves)
+            .filter(|e| e.origin.is_none())
+            .map(|e| e.key.as_str())
+            .collect();
         let mut now: HashMap<&str, &str> = HashMap::new();
         for e in table.topics.get(topic).into_iter().flatten() {
             if touched.contains(e.key.as_str()) {
