@@ -129,6 +129,8 @@ async fn a_redis_restart_pauses_only_what_crosses_nodes() {
     let (mut alice, jr) = join(&a, "alice", "comments:stream:2").await;
     let (mut carol, _) = join(&a, "carol", "comments:stream:2").await;
     let (mut bob, _) = join(&b, "bob", "comments:stream:2").await;
+    let (_alice_room, _) = join(&a, "alice", "chat:room:r").await;
+    let (_bob_room, _) = join(&b, "bob", "chat:room:r").await;
 
     redis.kill();
     eventually("/ready reports Redis down", || async {
@@ -138,6 +140,8 @@ async fn a_redis_restart_pauses_only_what_crosses_nodes() {
             && body.contains(r#""redis":{"status":"down"}"#)
     })
     .await;
+    // A join while Redis is away must reach the other node afterwards.
+    let (_carol_room, _) = join(&a, "carol", "chat:room:r").await;
     // Local delivery goes on.
     let r = alice
         .push(
@@ -194,6 +198,14 @@ async fn a_redis_restart_pauses_only_what_crosses_nodes() {
         );
     }
     assert!(a.metric("armoricore_redis_reconnects_total").await >= 2.0);
+    // Presence resynced: no lost join, no ghost, the same on both nodes.
+    let all: Vec<String> = ["alice", "bob", "carol"].map(String::from).to_vec();
+    for node in [&a, &b] {
+        eventually("presence resynced after the Redis restart", || async {
+            presence_keys(node, "chat:room:r").await == all
+        })
+        .await;
+    }
 }
 
 /// The presence list of `topic` as `node` has it (`/api/presence`), as sorted keys.

@@ -4,108 +4,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{ExitStatus, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{Closed, PhxClient, WAIT, eventually, http};
+use common::binary::{Server, armoricore};
+use common::{Closed, WAIT, eventually};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_armoricore");
 const SECRET: &str = "lifecycle-test-secret-0123456789";
 /// How long a stopping node may take to exit after SIGTERM.
 const EXIT_WITHIN: Duration = Duration::from_secs(5);
-
-/// The binary with a clean environment: port 0 on loopback, `data_dir`, nothing else.
-fn armoricore(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PORT", "0")
-        .env("ARMORICORE_SERVER__HOST", "127.0.0.1")
-        .env("ARMORICORE_SERVER__DATA_DIR", data_dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// A running `armoricore serve`.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    /// The rest of its JSON log.
-    _log: Lines<BufReader<ChildStdout>>,
-}
-
-impl Server {
-    /// Run `serve --log-format json` and wait for its `listening` line.
-    async fn start(mut cmd: Command) -> Server {
-        cmd.args(["--log-format", "json", "serve"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn armoricore serve");
-        let mut log = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = tokio::time::timeout(WAIT, async {
-            loop {
-                let line = log
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("serve exited before logging `listening`");
-                let entry: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-                if entry["fields"]["message"] == "listening" {
-                    let addr = entry["fields"]["addr"].as_str().expect("addr field");
-                    return addr.parse::<SocketAddr>().unwrap();
-                }
-            }
-        })
-        .await
-        .expect("`listening` logged in time");
-        Server {
-            child,
-            addr,
-            _log: log,
-        }
-    }
-
-    fn ws_url(&self, token: &str) -> String {
-        format!(
-            "ws://{}/socket/websocket?vsn=2.0.0&token={token}",
-            self.addr
-        )
-    }
-
-    async fn connect(&self, token: &str) -> PhxClient {
-        PhxClient::connect(&self.ws_url(token))
-            .await
-            .unwrap_or_else(|e| panic!("connect refused: {e}"))
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        http(self.addr, "GET", path, &[], "").await
-    }
-
-    /// `kill -TERM`, as a process manager stops the node.
-    fn terminate(&self) {
-        let pid = self.child.id().expect("still running").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM {pid}: {status}");
-    }
-
-    /// Wait for the process to exit, at most `within`.
-    async fn exit(mut self, within: Duration) -> ExitStatus {
-        tokio::time::timeout(within, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("serve still running after {within:?}"))
-            .unwrap()
-    }
-}
 
 /// Run the binary to completion (bounded by `WAIT`).
 async fn run(mut cmd: Command) -> Output {

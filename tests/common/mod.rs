@@ -2,6 +2,7 @@
 //! transport (`assert_reply`, `assert_push`), as Phoenix's ChannelTest does.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod jobs;
 pub mod nats;
 pub mod redis;
