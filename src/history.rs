@@ -17,6 +17,9 @@
 //! ```
 //! The epoch is random per topic history: it changes whenever the history is lost
 //! (a node restart, a topic forgotten after `idle_ttl_s`).
+//!
+//! History is per node. In a cluster (`REDIS_URL`) a join asking to recover gets
+//! `recovered: false` until history is shared through Redis.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -261,7 +264,11 @@ impl History {
         let now = Instant::now();
         h.expire(now);
         h.last_used = now;
-        let missed = since.map(|s| h.after(s));
+        // In a cluster this node's ring holds only what was published here, so it
+        // cannot vouch for a client's position: say so (the client reloads) rather
+        // than replay part of what was missed. Shared history is still to come.
+        let clustered = self.pubsub.cluster().is_some();
+        let missed = since.map(|s| if clustered { None } else { h.after(s) });
         let mut state = JoinState {
             offset: h.head,
             epoch: h.epoch.clone(),

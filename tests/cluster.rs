@@ -274,3 +274,26 @@ async fn presence_is_the_same_on_every_node_and_a_silent_node_leaves_it() {
     }
     let _ = bob.heartbeat().await;
 }
+
+#[tokio::test]
+async fn in_a_cluster_a_join_asking_to_recover_is_told_to_reload() {
+    let redis = RedisServer::start().await;
+    let a = node_on(&redis, "a").await;
+    let mut alice = a.connect("alice").await;
+    let (jr, first) = alice.join("chat:room:rec", json!({})).await;
+    let position = json!({
+        "offset": first["response"]["offset"],
+        "epoch": first["response"]["epoch"],
+    });
+    let r = alice
+        .push(Some(&jr), "chat:room:rec", "phx_leave", json!({}))
+        .await;
+    alice.assert_reply(&r).await;
+    // A single node would answer recovered: true (nothing was missed); in a
+    // cluster its own history cannot vouch for what other nodes published.
+    let (_, reply) = alice
+        .join("chat:room:rec", json!({"since": position}))
+        .await;
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(reply["response"]["recovered"], false, "{reply}");
+}
