@@ -152,7 +152,13 @@ impl Node {
         let cluster = if config.cluster.redis_url.is_empty() {
             None
         } else {
-            let c = crate::cluster::Cluster::connect(config.cluster.clone(), metrics.clone())?;
+            let mut cluster_config = config.cluster.clone();
+            if cluster_config.node_name.is_empty() {
+                // Unique per host and port, and the same when this node restarts.
+                cluster_config.node_name =
+                    format!("{}:{}", crate::cluster::hostname(), addr.port());
+            }
+            let c = crate::cluster::Cluster::connect(cluster_config, metrics.clone())?;
             tracing::info!(node = %c.node_id, "cluster through Redis");
             Some(Arc::new(c))
         };

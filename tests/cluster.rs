@@ -297,3 +297,76 @@ async fn in_a_cluster_a_join_asking_to_recover_is_told_to_reload() {
     assert_eq!(reply["status"], "ok");
     assert_eq!(reply["response"]["recovered"], false, "{reply}");
 }
+
+#[tokio::test]
+async fn a_node_started_while_redis_is_down_joins_when_it_comes() {
+    let mut redis = RedisServer::start().await;
+    let a = node_on(&redis, "a").await;
+    redis.kill();
+    let b = node_on(&redis, "b").await;
+    let (status, body) = b.get("/ready").await;
+    assert_eq!(status, 200, "serves its clients meanwhile");
+    assert!(body.contains(r#""redis":{"status":"down"}"#), "{body}");
+    redis.restart().await;
+    clustered(&a, &b).await;
+    let (mut alice, jr) = join(&a, "alice", "comments:stream:late").await;
+    let (mut bob, _) = join(&b, "bob", "comments:stream:late").await;
+    let r = alice
+        .push(
+            Some(&jr),
+            "comments:stream:late",
+            "new_comment",
+            json!({"content": "hi"}),
+        )
+        .await;
+    alice.assert_reply(&r).await;
+    assert_eq!(
+        bob.assert_push("comments:stream:late", "new_comment").await[4]["content"],
+        "hi"
+    );
+}
+
+#[tokio::test]
+async fn a_presence_that_comes_and_goes_within_one_flush_leaves_no_ghost() {
+    let redis = RedisServer::start().await;
+    let slow_flush = |name: &'static str| {
+        let url = redis.url();
+        move |c: &mut armoricore::config::Config| {
+            c.cluster.redis_url = url;
+            c.cluster.node_name = name.into();
+            c.cluster.heartbeat_ms = 100;
+            c.cluster.node_timeout_ms = 1000;
+            c.presence.broadcast_period_ms = 300;
+        }
+    };
+    let a = TestNode::start_with(slow_flush("a")).await;
+    let b = TestNode::start_with(slow_flush("b")).await;
+    clustered(&a, &b).await;
+    let (_alice, _) = join(&a, "alice", "presence:room:g").await;
+    // Bob joins, changes status twice and leaves, all within one 300 ms flush.
+    let mut bob = a.connect("bob").await;
+    let jr = bob.join_ok("presence:room:g").await;
+    for status in ["away", "busy"] {
+        let r = bob
+            .push(
+                Some(&jr),
+                "presence:room:g",
+                "update_status",
+                json!({"status": status}),
+            )
+            .await;
+        bob.assert_reply(&r).await;
+    }
+    let r = bob
+        .push(Some(&jr), "presence:room:g", "phx_leave", json!({}))
+        .await;
+    bob.assert_reply(&r).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for node in [&a, &b] {
+        assert_eq!(
+            presence_keys(node, "presence:room:g").await,
+            vec!["alice".to_string()],
+            "no ghost of bob"
+        );
+    }
+}

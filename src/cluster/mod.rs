@@ -74,8 +74,21 @@ enum Interest {
 /// What the tasks started by [`Cluster::start`] read from.
 type Receivers = (
     mpsc::Receiver<(String, Bytes)>,
+    mpsc::Receiver<(String, Bytes)>,
     mpsc::UnboundedReceiver<Interest>,
 );
+
+/// Control messages waiting while Redis is away (heartbeats, presence changes).
+const CONTROL_QUEUE: usize = 65_536;
+
+/// This machine's host name (Linux), for default node names.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "armoricore".into())
+}
 
 /// This node's link to the others.
 pub struct Cluster {
@@ -85,6 +98,11 @@ pub struct Cluster {
     publisher: Client,
     subscriber: SubscriberClient,
     outgoing: mpsc::Sender<(String, Bytes)>,
+    /// Heartbeats and presence replication: their own queue, so a flood of
+    /// broadcasts never delays or drops them (a live node would look dead).
+    control: mpsc::Sender<(String, Bytes)>,
+    /// Topic channels this node wants, re-applied after every reconnect.
+    wanted: Mutex<std::collections::HashSet<String>>,
     interest: mpsc::UnboundedSender<Interest>,
     receivers: Mutex<Option<Receivers>>,
     /// Every other node heard from, and how far its presence changes were applied.
@@ -107,10 +125,13 @@ impl Cluster {
     /// Connect to Redis (in the background: a Redis that is down is retried, and
     /// `/ready` says so meanwhile). A malformed URL is an error at once.
     pub fn connect(config: ClusterConfig, metrics: Arc<Metrics>) -> Result<Cluster, ClusterError> {
-        let redis = RedisConfig::from_url(&config.redis_url).map_err(|e| ClusterError::Url {
-            url: config.redis_url.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut redis =
+            RedisConfig::from_url(&config.redis_url).map_err(|e| ClusterError::Url {
+                url: config.redis_url.clone(),
+                reason: e.to_string(),
+            })?;
+        // A Redis that is down at start is retried like a lost one.
+        redis.fail_fast = false;
         let mut builder = Builder::from_config(redis);
         builder
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
@@ -124,6 +145,7 @@ impl Cluster {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let (outgoing, out_rx) = mpsc::channel(config.buffer_messages.max(1));
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (interest, interest_rx) = mpsc::unbounded_channel();
         Ok(Cluster {
             node_id,
@@ -132,8 +154,10 @@ impl Cluster {
             publisher,
             subscriber,
             outgoing,
+            control,
+            wanted: Mutex::default(),
             interest,
-            receivers: Mutex::new(Some((out_rx, interest_rx))),
+            receivers: Mutex::new(Some((out_rx, control_rx, interest_rx))),
             peers: Mutex::default(),
             presence_seq: Default::default(),
             presence: Mutex::default(),
@@ -152,9 +176,11 @@ impl Cluster {
     /// Start the connections and the tasks delivering remote broadcasts to `pubsub`
     /// and replicating `presence`.
     pub fn start(self: &Arc<Self>, pubsub: Weak<PubSub>, presence: Weak<Presence>) {
-        let Some((out_rx, interest_rx)) = self.receivers.lock().take() else {
+        let Some((out_rx, control_rx, interest_rx)) = self.receivers.lock().take() else {
             return; // started already
         };
+        // Taken now, so nothing that arrives before the receive task runs is lost.
+        let messages = self.subscriber.message_rx();
         *self.presence.lock() = Some(presence);
         let connections = (self.publisher.connect(), self.subscriber.connect());
         let resubscribe = self.subscriber.manage_subscriptions();
@@ -173,6 +199,24 @@ impl Cluster {
             tracing::warn!(%error, ?server, "redis connection error");
             Ok(())
         });
+        // fred tracks only subscriptions that succeeded: after a reconnect, also
+        // apply every channel this node wants (a SUBSCRIBE of a subscribed channel
+        // is harmless).
+        let resubscribe_wanted = {
+            let me = Arc::downgrade(self);
+            self.subscriber.on_reconnect(move |_| {
+                let me = me.clone();
+                async move {
+                    if let Some(me) = me.upgrade() {
+                        let wanted: Vec<String> = me.wanted.lock().iter().cloned().collect();
+                        if !wanted.is_empty() {
+                            let _ = me.subscriber.subscribe(wanted).await;
+                        }
+                    }
+                    Ok(())
+                }
+            })
+        };
         let mut tasks = self.tasks.lock();
         tasks.push(tokio::spawn(async move {
             let _ = tokio::join!(
@@ -180,17 +224,28 @@ impl Cluster {
                 connections.1,
                 resubscribe,
                 reconnects,
-                errors
+                errors,
+                resubscribe_wanted
             );
         }));
         tasks.push(tokio::spawn(self.clone().publish_loop(out_rx)));
+        tasks.push(tokio::spawn(self.clone().publish_loop(control_rx)));
         tasks.push(tokio::spawn(self.clone().interest_loop(interest_rx)));
-        tasks.push(tokio::spawn(self.clone().receive_loop(pubsub)));
+        tasks.push(tokio::spawn(self.clone().receive_loop(pubsub, messages)));
         tasks.push(tokio::spawn(self.clone().heartbeat_loop()));
     }
 
     /// Leave the cluster: stop the tasks and close both connections.
     pub async fn stop(&self) {
+        // Let the last presence changes (the leaves of a graceful stop) go out.
+        let drained = async {
+            while self.control.capacity() < CONTROL_QUEUE
+                || self.outgoing.capacity() < self.config.buffer_messages.max(1)
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
@@ -275,8 +330,16 @@ impl Cluster {
             // A failure here is while Redis is down: manage_subscriptions applies
             // the tracked set again on reconnect.
             let r = match change {
-                Interest::Watch(t) => self.subscriber.subscribe(self.channel(&t)).await,
-                Interest::Unwatch(t) => self.subscriber.unsubscribe(self.channel(&t)).await,
+                Interest::Watch(t) => {
+                    let channel = self.channel(&t);
+                    self.wanted.lock().insert(channel.clone());
+                    self.subscriber.subscribe(channel).await
+                }
+                Interest::Unwatch(t) => {
+                    let channel = self.channel(&t);
+                    self.wanted.lock().remove(&channel);
+                    self.subscriber.unsubscribe(channel).await
+                }
             };
             if let Err(e) = r {
                 tracing::debug!(error = %e, "redis subscription change deferred");
@@ -285,13 +348,26 @@ impl Cluster {
     }
 
     /// Deliver other nodes' broadcasts to local subscribers; note heartbeats.
-    async fn receive_loop(self: Arc<Self>, pubsub: Weak<PubSub>) {
-        let mut rx = self.subscriber.message_rx();
+    async fn receive_loop(
+        self: Arc<Self>,
+        pubsub: Weak<PubSub>,
+        mut rx: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    ) {
+        // The silence sweep runs here too: every change to peers and to remote
+        // presences happens in this one task, in order.
+        let mut sweep = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
         let topic_prefix = format!("{}t:", self.config.channel_prefix);
         let nodes = self.nodes_channel();
         let presence = format!("{}presence", self.config.channel_prefix);
         loop {
-            let message = match rx.recv().await {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = sweep.tick() => {
+                    self.drop_silent();
+                    continue;
+                }
+            };
+            let message = match received {
                 Ok(m) => m,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "redis messages dropped: receiver lagging");
@@ -334,37 +410,21 @@ impl Cluster {
     /// round trip, and remove the presences of nodes gone silent.
     async fn heartbeat_loop(self: Arc<Self>) {
         let mut every = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
-        let timeout = Duration::from_millis(self.config.node_timeout_ms);
         loop {
             every.tick().await;
             let seq = self.presence_seq.load(std::sync::atomic::Ordering::SeqCst);
             let beat = serde_json::json!({"n": self.node_id, "e": "heartbeat", "p": {"seq": seq}});
             let body = Bytes::from(serde_json::to_vec(&beat).expect("JSON serializes"));
-            if self
-                .outgoing
-                .try_send((self.nodes_channel(), body))
-                .is_err()
-            {
+            if self.control.try_send((self.nodes_channel(), body)).is_err() {
                 self.metrics.redis_dropped.inc();
             }
             let started = Instant::now();
             if let Ok(Ok(_)) =
-                tokio::time::timeout(timeout, self.publisher.ping::<String>(None)).await
+                tokio::time::timeout(every.period(), self.publisher.ping::<String>(None)).await
             {
                 self.metrics
                     .redis_roundtrip_seconds
                     .observe(started.elapsed().as_secs_f64());
-            }
-            let silent: Vec<String> = self
-                .peers
-                .lock()
-                .iter()
-                .filter(|(_, p)| p.last_seen.elapsed() >= timeout)
-                .map(|(n, _)| n.clone())
-                .collect();
-            for node in silent {
-                tracing::warn!(%node, "cluster node silent: its presences leave");
-                self.drop_peer(&node);
             }
             self.metrics.cluster_nodes.set(self.size() as i64);
             self.metrics.redis_connected.set(self.connected() as i64);

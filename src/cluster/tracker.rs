@@ -68,12 +68,33 @@ impl Cluster {
     fn send_replica(&self, message: &Replica) {
         let body = Bytes::from(serde_json::to_vec(message).expect("presence serializes"));
         if self
-            .outgoing
+            .control
             .try_send((self.presence_channel(), body))
             .is_err()
         {
             self.metrics.redis_dropped.inc();
         }
+    }
+
+    /// Nodes not heard from for `node_timeout_ms` are gone (run by the receive task).
+    pub(super) fn drop_silent(&self) {
+        let timeout = std::time::Duration::from_millis(self.config.node_timeout_ms);
+        let silent: Vec<String> = self
+            .peers
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.last_seen.elapsed() >= timeout)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in silent {
+            tracing::warn!(%node, "cluster node silent: its presences leave");
+            self.drop_peer(&node);
+        }
+    }
+
+    fn presence_now(&self) -> Option<std::sync::Arc<crate::actors::presence::Presence>> {
+        let weak = self.presence.lock().clone();
+        weak.and_then(|p| p.upgrade())
     }
 
     /// Number and send this node's changes in `topic` (called under the presence lock).
@@ -98,7 +119,7 @@ impl Cluster {
     }
 
     fn send_state(&self) {
-        if let Some(presence) = self.presence.lock().as_ref().and_then(|p| p.upgrade()) {
+        if let Some(presence) = self.presence_now() {
             presence.publish_state(self);
         }
     }
@@ -111,7 +132,7 @@ impl Cluster {
 
     /// A heartbeat from `node` announcing change number `seq`.
     pub(super) fn on_heartbeat(&self, node: String, seq: u64) {
-        let (new, lost) = {
+        let (new, lost, waiting) = {
             let mut peers = self.peers.lock();
             match peers.get_mut(&node) {
                 Some(peer) => {
@@ -119,7 +140,7 @@ impl Cluster {
                     let behind = peer.seq.is_some_and(|s| s < seq);
                     let lost = behind && peer.suspect == Some(seq);
                     peer.suspect = behind.then_some(seq);
-                    (false, lost)
+                    (false, lost, peer.seq.is_none())
                 }
                 None => {
                     peers.insert(
@@ -130,7 +151,7 @@ impl Cluster {
                             suspect: None,
                         },
                     );
-                    (true, false)
+                    (true, false, false)
                 }
             }
         };
@@ -142,6 +163,10 @@ impl Cluster {
         } else if lost {
             tracing::warn!(%node, "presence changes lost: resyncing");
             self.mark_unsynced(&node);
+            self.ask_sync();
+        } else if waiting {
+            // Its state has not come (a Sync or State was lost): ask again, once
+            // per heartbeat.
             self.ask_sync();
         }
     }
@@ -171,7 +196,7 @@ impl Cluster {
     /// Remove a node and every presence it had.
     pub(super) fn drop_peer(&self, node: &str) {
         self.peers.lock().remove(node);
-        if let Some(presence) = self.presence.lock().as_ref().and_then(|p| p.upgrade()) {
+        if let Some(presence) = self.presence_now() {
             presence.purge_remote(node);
         }
     }
@@ -182,21 +207,27 @@ impl Cluster {
             tracing::warn!("unreadable presence replication message");
             return;
         };
-        let Some(presence) = self.presence.lock().as_ref().and_then(|p| p.upgrade()) else {
+        let Some(presence) = self.presence_now() else {
             return;
         };
         match message {
             Replica::Sync { n } if n != self.node_id => self.send_state(),
             Replica::State { n, seq, s } if n != self.node_id => {
-                self.peers.lock().insert(
-                    n.clone(),
-                    Peer {
-                        last_seen: Instant::now(),
-                        seq: Some(seq),
-                        suspect: None,
-                    },
-                );
-                presence.replace_remote(&n, s);
+                // Only from a node we know alive: a late state of a dropped node
+                // must not bring its presences back (a new node's heartbeat comes
+                // first, then it is asked again).
+                let known = match self.peers.lock().get_mut(&n) {
+                    Some(peer) => {
+                        peer.seq = Some(seq);
+                        peer.suspect = None;
+                        peer.last_seen = Instant::now();
+                        true
+                    }
+                    None => false,
+                };
+                if known {
+                    presence.replace_remote(&n, s);
+                }
             }
             Replica::Delta { n, seq, t, j, l } if n != self.node_id => {
                 let next = {

@@ -42,6 +42,19 @@ pub(super) fn replicate(cluster: &Cluster, topic: &str, joins: &[Entry], leaves:
         .filter(|e| e.origin.is_none())
         .filter_map(|e| phx_ref(&e.meta).map(str::to_string))
         .collect();
+    // A presence that came and went within one flush (a quick update, a join
+    // then a leave) is in both lists: it is neither joined nor left for the others.
+    let both: Vec<String> = joins
+        .iter()
+        .filter_map(|w| phx_ref(&w.m))
+        .filter(|r| leaves.iter().any(|l| l == r))
+        .map(str::to_string)
+        .collect();
+    let joins: Vec<Wire> = joins
+        .into_iter()
+        .filter(|w| phx_ref(&w.m).is_none_or(|r| !both.iter().any(|b| b == r)))
+        .collect();
+    let leaves: Vec<String> = leaves.into_iter().filter(|l| !both.contains(l)).collect();
     if !joins.is_empty() || !leaves.is_empty() {
         cluster.publish_presence_delta(topic, joins, leaves);
     }
