@@ -18,8 +18,9 @@
 //! The epoch is random per topic history: it changes whenever the history is lost
 //! (a node restart, a topic forgotten after `idle_ttl_s`).
 //!
-//! History is per node. In a cluster (`REDIS_URL`) a join asking to recover gets
-//! `recovered: false` until history is shared through Redis.
+//! In a cluster (`REDIS_URL`) the history is shared instead, in Redis (see
+//! [`History::publish_any`] and [`History::join_any`]): offsets are numbered by
+//! Redis, kept messages live there, and a join on any node recovers from them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -150,6 +151,9 @@ pub struct History {
     topics: DashMap<Arc<str>, Arc<Mutex<TopicHistory>>>,
     config: HistoryConfig,
     pubsub: Arc<PubSub>,
+    /// In a cluster: one publish at a time per topic from this node, so this
+    /// node's own messages are numbered and delivered in the same order.
+    gates: DashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>,
 }
 
 fn new_epoch() -> String {
@@ -162,6 +166,7 @@ impl History {
             topics: DashMap::new(),
             config,
             pubsub,
+            gates: DashMap::new(),
         }
     }
 
@@ -264,11 +269,7 @@ impl History {
         let now = Instant::now();
         h.expire(now);
         h.last_used = now;
-        // In a cluster this node's ring holds only what was published here, so it
-        // cannot vouch for a client's position: say so (the client reloads) rather
-        // than replay part of what was missed. Shared history is still to come.
-        let clustered = self.pubsub.cluster().is_some();
-        let missed = since.map(|s| if clustered { None } else { h.after(s) });
+        let missed = since.map(|s| h.after(s));
         let mut state = JoinState {
             offset: h.head,
             epoch: h.epoch.clone(),
@@ -304,6 +305,167 @@ impl History {
     /// Topics with a history entry.
     pub fn topic_count(&self) -> usize {
         self.topics.len()
+    }
+}
+
+impl History {
+    fn gate(&self, topic: &str) -> Arc<tokio::sync::Mutex<()>> {
+        if let Some(g) = self.gates.get(topic) {
+            return g.clone();
+        }
+        self.gates.entry(Arc::from(topic)).or_default().clone()
+    }
+
+    /// [`History::publish`], or in a cluster the same through Redis: the offset
+    /// comes from Redis, which keeps the message and publishes it to every node in
+    /// one step. With Redis unreachable, falls back to this node's numbering (a
+    /// later recovery then says `recovered: false`: the epochs differ).
+    pub async fn publish_any(
+        &self,
+        topic: &str,
+        event: &str,
+        idempotency: Option<(&str, &str)>,
+        payload: impl FnOnce(u64) -> Value,
+        reply: impl FnOnce(&Value) -> Value,
+    ) -> Published {
+        let Some(cluster) = self.pubsub.cluster().cloned() else {
+            return self.publish(topic, event, idempotency, payload, reply);
+        };
+        let gate = self.gate(topic);
+        let _one_at_a_time = gate.lock().await;
+        let (size, ttl) = self.rule(topic);
+        {
+            let t = self.topic(topic);
+            let mut h = t.lock();
+            if let Some((user, key)) = idempotency {
+                h.expire_replies(
+                    Instant::now(),
+                    Duration::from_secs(self.config.idempotency_window_s),
+                );
+                if let Some(first) = h.replies.get(&(user.to_string(), key.to_string())) {
+                    return Published::Duplicate {
+                        reply: first.clone(),
+                    };
+                }
+            }
+        }
+        let mut value = payload(0);
+        let numbered = cluster
+            .publish_numbered(
+                topic,
+                event,
+                &value,
+                crate::cluster::Keep {
+                    size,
+                    ttl_s: ttl.as_secs(),
+                    idle_ttl_s: self.config.idle_ttl_s,
+                },
+                &new_epoch(),
+            )
+            .await;
+        let offset = match numbered {
+            Ok((offset, _epoch)) => {
+                crate::cluster::set_offset(&mut value, offset);
+                // Redis published it to the other nodes; this node delivers its own.
+                self.pubsub.broadcast_local(topic, event, &value, None);
+                offset
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "shared history unreachable: numbering locally");
+                let t = self.topic(topic);
+                let mut h = t.lock();
+                h.head += 1;
+                crate::cluster::set_offset(&mut value, h.head);
+                self.pubsub.broadcast(topic, event, &value, None);
+                h.head
+            }
+        };
+        let reply = reply(&value);
+        if let Some((user, key)) = idempotency {
+            let t = self.topic(topic);
+            let mut h = t.lock();
+            let id = (user.to_string(), key.to_string());
+            h.replies.insert(id.clone(), reply.clone());
+            h.reply_order.push_back((id, Instant::now()));
+        }
+        Published::New { offset, reply }
+    }
+
+    /// [`History::join`], or in a cluster the same from the shared history: what was
+    /// broadcast while Redis is read is recorded (a tap) and queued after the
+    /// recovered messages, so there is no gap and no duplicate.
+    pub async fn join_any(
+        &self,
+        topic: &str,
+        subscriber: Subscriber,
+        since: Option<&Since>,
+        metrics: &crate::metrics::Metrics,
+        reply: impl FnOnce(&JoinState) -> Frame,
+    ) -> JoinState {
+        let Some(cluster) = self.pubsub.cluster().cloned() else {
+            return self.join(topic, subscriber, since, metrics, reply);
+        };
+        self.pubsub.tap(topic, subscriber.session);
+        let read = cluster
+            .read_history(
+                topic,
+                since.map(|s| s.offset),
+                &new_epoch(),
+                self.config.idle_ttl_s,
+            )
+            .await;
+        let (state, replay) = match read {
+            Ok((head, epoch, kept)) => {
+                let recovered = since.map(|s| {
+                    s.epoch == epoch
+                        && s.offset <= head
+                        && (s.offset == head
+                            || kept.first().is_some_and(|k| k.offset == s.offset + 1))
+                });
+                let replay = if recovered == Some(true) {
+                    kept
+                } else {
+                    Vec::new()
+                };
+                let state = JoinState {
+                    offset: head,
+                    epoch,
+                    recovered,
+                    replayed: replay.len(),
+                };
+                (state, replay)
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "shared history unreachable: join without it");
+                let state = JoinState {
+                    offset: 0,
+                    epoch: "unavailable".into(),
+                    recovered: since.map(|_| false),
+                    replayed: 0,
+                };
+                (state, Vec::new())
+            }
+        };
+        let (outbox, vsn) = (subscriber.outbox.clone(), subscriber.vsn);
+        let head = state.offset;
+        self.pubsub.subscribe_with(topic, subscriber, |tapped| {
+            offer(&outbox, reply(&state), metrics);
+            for k in &replay {
+                let frame = phoenix::encode(vsn, None, None, topic, &k.event, &k.payload);
+                offer(&outbox, frame, metrics);
+            }
+            // Broadcast while Redis was read: what the reply's head already covers
+            // was replayed (or is older than the client asked for); the rest follows.
+            for (event, payload) in tapped {
+                let offset = payload.get("offset").and_then(Value::as_u64);
+                if offset.is_some_and(|o| o <= head) {
+                    continue;
+                }
+                let frame = phoenix::encode(vsn, None, None, topic, &event, &payload);
+                offer(&outbox, frame, metrics);
+            }
+        });
+        state
     }
 }
 

@@ -276,25 +276,85 @@ async fn presence_is_the_same_on_every_node_and_a_silent_node_leaves_it() {
 }
 
 #[tokio::test]
-async fn in_a_cluster_a_join_asking_to_recover_is_told_to_reload() {
+async fn offsets_are_shared_and_a_client_recovers_on_another_node() {
     let redis = RedisServer::start().await;
     let a = node_on(&redis, "a").await;
+    let b = node_on(&redis, "b").await;
+    clustered(&a, &b).await;
     let mut alice = a.connect("alice").await;
-    let (jr, first) = alice.join("chat:room:rec", json!({})).await;
-    let position = json!({
-        "offset": first["response"]["offset"],
-        "epoch": first["response"]["epoch"],
-    });
-    let r = alice
-        .push(Some(&jr), "chat:room:rec", "phx_leave", json!({}))
+    let (jr_a, joined) = alice.join("chat:room:h", json!({})).await;
+    let epoch = joined["response"]["epoch"].clone();
+    let mut bob = b.connect("bob").await;
+    let (jr_b, joined_b) = bob.join("chat:room:h", json!({})).await;
+    assert_eq!(
+        joined_b["response"]["epoch"], epoch,
+        "one history for the topic"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Messages from both nodes get one sequence of offsets.
+    for i in 0..3 {
+        for (client, jr, who) in [(&mut alice, &jr_a, "a"), (&mut bob, &jr_b, "b")] {
+            let r = client
+                .push(
+                    Some(jr),
+                    "chat:room:h",
+                    "new_message",
+                    json!({"content": format!("{who}{i}")}),
+                )
+                .await;
+            client.assert_reply(&r).await;
+        }
+    }
+    let mut offsets = Vec::new();
+    for _ in 0..6 {
+        offsets.push(
+            bob.assert_push("chat:room:h", "new_message").await[4]["offset"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    offsets.sort();
+    assert_eq!(offsets, vec![1, 2, 3, 4, 5, 6]);
+
+    // Bob goes away; alice posts three more; bob comes back on the OTHER node.
+    let r = bob
+        .push(Some(&jr_b), "chat:room:h", "phx_leave", json!({}))
         .await;
-    alice.assert_reply(&r).await;
-    // A single node would answer recovered: true (nothing was missed); in a
-    // cluster its own history cannot vouch for what other nodes published.
-    let (_, reply) = alice
-        .join("chat:room:rec", json!({"since": position}))
+    bob.assert_reply(&r).await;
+    for i in 0..3 {
+        let r = alice
+            .push(
+                Some(&jr_a),
+                "chat:room:h",
+                "new_message",
+                json!({"content": format!("missed{i}")}),
+            )
+            .await;
+        alice.assert_reply(&r).await;
+    }
+    let mut back = a.connect("bob").await;
+    let (_, reply) = back
+        .join(
+            "chat:room:h",
+            json!({"since": {"offset": 6, "epoch": epoch}}),
+        )
         .await;
-    assert_eq!(reply["status"], "ok");
+    assert_eq!(reply["response"]["recovered"], true, "{reply}");
+    assert_eq!(reply["response"]["offset"], 9);
+    for (i, offset) in [7, 8, 9].into_iter().enumerate() {
+        let push = back.assert_push("chat:room:h", "new_message").await;
+        assert_eq!(push[4]["offset"], offset);
+        assert_eq!(push[4]["content"], format!("missed{i}"));
+    }
+    // A position the history no longer has (another epoch) cannot be recovered.
+    let mut stale = b.connect("carol").await;
+    let (_, reply) = stale
+        .join(
+            "chat:room:h",
+            json!({"since": {"offset": 2, "epoch": "other"}}),
+        )
+        .await;
     assert_eq!(reply["response"]["recovered"], false, "{reply}");
 }
 

@@ -195,23 +195,26 @@ impl SessionState {
                     outbox: self.outbox.clone(),
                 };
                 let vsn = self.vsn;
-                self.hub.history.join(
-                    &topic,
-                    subscriber,
-                    since.as_ref(),
-                    &self.hub.metrics,
-                    |state| {
-                        let response = join_response(response, state);
-                        phoenix::reply(
-                            vsn,
-                            m.join_ref.as_deref(),
-                            m.ref_.as_deref(),
-                            &topic,
-                            true,
-                            response,
-                        )
-                    },
-                );
+                self.hub
+                    .history
+                    .join_any(
+                        &topic,
+                        subscriber,
+                        since.as_ref(),
+                        &self.hub.metrics,
+                        |state| {
+                            let response = join_response(response, state);
+                            phoenix::reply(
+                                vsn,
+                                m.join_ref.as_deref(),
+                                m.ref_.as_deref(),
+                                &topic,
+                                true,
+                                response,
+                            )
+                        },
+                    )
+                    .await;
                 let after = AssertUnwindSafe(channel.after_join(&ctx))
                     .catch_unwind()
                     .await;

@@ -47,7 +47,7 @@ fn presence_meta(ctx: &ChannelCtx<'_>) -> Map<String, Value> {
 /// Validate `content`, then broadcast `event {id, offset, user_id, content, timestamp}`
 /// to the whole topic (sender included) and reply `{id, offset}`. A retry with the
 /// same `idempotency_key` gets the same reply and broadcasts nothing.
-fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) -> Reply {
+async fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) -> Reply {
     let content = match payload.get("content").and_then(Value::as_str) {
         Some(c) if !c.trim().is_empty() && c.chars().count() <= max_chars => c,
         _ => {
@@ -63,21 +63,25 @@ fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) ->
     };
     let id = uuid::Uuid::now_v7().to_string();
     let timestamp = now_rfc3339();
-    let published = ctx.hub.history.publish(
-        ctx.topic,
-        event,
-        key.map(|k| (ctx.user.user_id.as_str(), k)),
-        |offset| {
-            json!({
-                "id": id,
-                "offset": offset,
-                "user_id": ctx.user.user_id,
-                "content": content,
-                "timestamp": timestamp,
-            })
-        },
-        |sent| json!({"id": sent["id"], "offset": sent["offset"]}),
-    );
+    let published = ctx
+        .hub
+        .history
+        .publish_any(
+            ctx.topic,
+            event,
+            key.map(|k| (ctx.user.user_id.as_str(), k)),
+            |offset| {
+                json!({
+                    "id": id,
+                    "offset": offset,
+                    "user_id": ctx.user.user_id,
+                    "content": content,
+                    "timestamp": timestamp,
+                })
+            },
+            |sent| json!({"id": sent["id"], "offset": sent["offset"]}),
+        )
+        .await;
     if let Published::New { offset, .. } = &published
         && let Some(room) = ctx.topic.strip_prefix("chat:room:")
         && ctx.hub.config.bus.publish_chat
@@ -114,7 +118,9 @@ impl Channel for ChatRoom {
         payload: Value,
     ) -> Result<Option<Reply>, ChannelError> {
         match event {
-            "new_message" => Ok(Some(post(ctx, "new_message", &payload, self.max_chars))),
+            "new_message" => Ok(Some(
+                post(ctx, "new_message", &payload, self.max_chars).await,
+            )),
             "typing_start" | "typing_stop" => {
                 let typing = event == "typing_start";
                 ctx.broadcast_from(
@@ -142,7 +148,9 @@ impl Channel for CommentStream {
         payload: Value,
     ) -> Result<Option<Reply>, ChannelError> {
         match event {
-            "new_comment" => Ok(Some(post(ctx, "new_comment", &payload, self.max_chars))),
+            "new_comment" => Ok(Some(
+                post(ctx, "new_comment", &payload, self.max_chars).await,
+            )),
             other => unknown_event(other),
         }
     }

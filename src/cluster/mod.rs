@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface};
 use fred::types::Builder;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use futures_util::StreamExt;
@@ -48,7 +48,12 @@ pub enum ClusterError {
     Url { url: String, reason: String },
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    #[error("redis unreachable")]
+    Unavailable,
 }
+
+/// Longest wait for a history script: a join or a publish does not hang on Redis.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A broadcast as it crosses Redis.
 #[derive(Serialize)]
@@ -63,6 +68,73 @@ struct Incoming {
     n: String,
     e: String,
     p: Value,
+    /// The offset a history message was given in Redis (see `history.rs`).
+    #[serde(default)]
+    o: Option<u64>,
+}
+
+/// Number a message, keep it (trimmed to the topic's size) and publish it to every
+/// node, in one atomic step, so offsets are the order Redis saw and a kept message
+/// is always one that was published.
+///
+/// KEYS: head hash, messages zset. ARGV: message JSON `{"n","e","p"}`, size, new
+/// epoch, message TTL (s), head TTL (s), channel. Returns `{offset, epoch}`.
+const PUBLISH_SCRIPT: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'head', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local msg = '{"o":' .. offset .. ',' .. string.sub(ARGV[1], 2)
+local size = tonumber(ARGV[2])
+if size > 0 then
+  redis.call('ZADD', KEYS[2], offset, msg)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(size + 1))
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[6], msg)
+return {offset, epoch}
+"#;
+
+/// A topic's head, epoch (created if new) and the messages after ARGV[1] (none if
+/// empty). KEYS: head hash, messages zset. ARGV: after, new epoch, head TTL (s).
+const READ_SCRIPT: &str = r#"
+local head = redis.call('HGET', KEYS[1], 'head')
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+local msgs = {}
+if ARGV[1] ~= '' then
+  msgs = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')
+end
+return {tostring(head or 0), epoch, msgs}
+"#;
+
+/// How a topic's shared history is kept: messages, their TTL, the head's TTL.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    pub size: usize,
+    pub ttl_s: u64,
+    pub idle_ttl_s: u64,
+}
+
+/// A message kept in the shared history.
+pub struct Kept {
+    pub offset: u64,
+    pub event: String,
+    pub payload: Value,
+}
+
+/// Put `offset` into a payload that carries one (`new_message`, `new_comment`).
+pub fn set_offset(payload: &mut Value, offset: u64) {
+    if let Some(slot) = payload.get_mut("offset") {
+        *slot = Value::from(offset);
+    }
 }
 
 /// Subscription changes, applied in order by one task.
@@ -235,6 +307,93 @@ impl Cluster {
         tasks.push(tokio::spawn(self.clone().heartbeat_loop()));
     }
 
+    fn history_keys(&self, topic: &str) -> Vec<String> {
+        let p = &self.config.channel_prefix;
+        vec![format!("{p}h:{topic}"), format!("{p}hm:{topic}")]
+    }
+
+    /// Number, keep and publish a history message (see [`PUBLISH_SCRIPT`]).
+    pub async fn publish_numbered(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: &Value,
+        keep: Keep,
+        new_epoch: &str,
+    ) -> Result<(u64, String), ClusterError> {
+        let Keep {
+            size,
+            ttl_s,
+            idle_ttl_s,
+        } = keep;
+        let message = Outgoing {
+            n: &self.node_id,
+            e: event,
+            p: payload,
+        };
+        let body = serde_json::to_string(&message).expect("JSON values serialize");
+        let args: Vec<String> = vec![
+            body,
+            size.to_string(),
+            new_epoch.to_string(),
+            ttl_s.max(1).to_string(),
+            idle_ttl_s.max(ttl_s).max(1).to_string(),
+            self.channel(topic),
+        ];
+        // Redis away: numbered locally by the caller, rather than queued here
+        // (a queued script would publish it a second time on reconnect).
+        if !self.connected() {
+            return Err(ClusterError::Unavailable);
+        }
+        let script = self
+            .publisher
+            .eval(PUBLISH_SCRIPT, self.history_keys(topic), args);
+        let (offset, epoch): (u64, String) = tokio::time::timeout(REDIS_TIMEOUT, script)
+            .await
+            .map_err(|_| ClusterError::Unavailable)??;
+        Ok((offset, epoch))
+    }
+
+    /// The shared head and epoch of `topic`, and its kept messages after `after`.
+    pub async fn read_history(
+        &self,
+        topic: &str,
+        after: Option<u64>,
+        new_epoch: &str,
+        idle_ttl_s: u64,
+    ) -> Result<(u64, String, Vec<Kept>), ClusterError> {
+        let args: Vec<String> = vec![
+            after.map(|a| a.to_string()).unwrap_or_default(),
+            new_epoch.to_string(),
+            idle_ttl_s.max(1).to_string(),
+        ];
+        if !self.connected() {
+            return Err(ClusterError::Unavailable);
+        }
+        let script = self
+            .publisher
+            .eval(READ_SCRIPT, self.history_keys(topic), args);
+        let (head, epoch, raw): (String, String, Vec<String>) =
+            tokio::time::timeout(REDIS_TIMEOUT, script)
+                .await
+                .map_err(|_| ClusterError::Unavailable)??;
+        let mut kept = Vec::with_capacity(raw.len());
+        for m in raw {
+            let Ok(incoming) = serde_json::from_str::<Incoming>(&m) else {
+                continue;
+            };
+            let Some(offset) = incoming.o else { continue };
+            let mut payload = incoming.p;
+            set_offset(&mut payload, offset);
+            kept.push(Kept {
+                offset,
+                event: incoming.e,
+                payload,
+            });
+        }
+        Ok((head.parse().unwrap_or(0), epoch, kept))
+    }
+
     /// Leave the cluster: stop the tasks and close both connections.
     pub async fn stop(&self) {
         // Let the last presence changes (the leaves of a graceful stop) go out.
@@ -402,7 +561,11 @@ impl Cluster {
                 return;
             };
             self.metrics.redis_messages_in.inc();
-            pubsub.broadcast_local(topic, &incoming.e, &incoming.p, None);
+            let mut payload = incoming.p;
+            if let Some(offset) = incoming.o {
+                set_offset(&mut payload, offset);
+            }
+            pubsub.broadcast_local(topic, &incoming.e, &payload, None);
         }
     }
 

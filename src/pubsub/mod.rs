@@ -38,9 +38,15 @@ pub struct Subscriber {
 struct Topic {
     /// By session: O(1) join and leave, even in a topic of 100k subscribers.
     subscribers: IndexMap<SessionId, Subscriber>,
+    /// Joins in progress (cluster recovery): what was broadcast while each reads
+    /// the shared history, so nothing falls between the read and the subscribe.
+    taps: Vec<(SessionId, Vec<Tapped>)>,
     /// Emptied and removed from the registry: whoever still holds it must look again.
     dead: bool,
 }
+
+/// A broadcast seen by a tap: its event and payload.
+pub type Tapped = (Arc<str>, Arc<Value>);
 
 /// The node's topic registry; with a cluster, also its link to the other nodes.
 pub struct PubSub {
@@ -117,11 +123,59 @@ impl PubSub {
             if let Some(s) = subscriber.take() {
                 // Under the topic lock, so watch and unwatch go out in order.
                 if t.subscribers.is_empty()
+                    && t.taps.is_empty()
                     && let Some(cluster) = &self.cluster
                 {
                     cluster.watch(topic);
                 }
                 t.subscribers.insert(s.session, s);
+            }
+        });
+    }
+
+    /// Start recording `topic`'s broadcasts for `session`, whose join is reading the
+    /// shared history; [`PubSub::subscribe_with`] ends it.
+    pub fn tap(&self, topic: &str, session: SessionId) {
+        self.with_topic(topic, |t| {
+            if t.subscribers.is_empty()
+                && t.taps.is_empty()
+                && let Some(cluster) = &self.cluster
+            {
+                cluster.watch(topic);
+            }
+            t.taps.push((session, Vec::new()));
+        });
+    }
+
+    /// Subscribe, and under the topic's lock (no broadcast in between) hand `then`
+    /// what the session's tap recorded, so it can queue its join reply, the
+    /// recovered messages and those recorded, before any later broadcast.
+    pub fn subscribe_with(
+        &self,
+        topic: &str,
+        subscriber: Subscriber,
+        then: impl FnOnce(Vec<Tapped>),
+    ) {
+        let mut subscriber = Some(subscriber);
+        let mut then = Some(then);
+        self.with_topic(topic, |t| {
+            let Some(s) = subscriber.take() else {
+                return;
+            };
+            let session = s.session;
+            let tapped = match t.taps.iter().position(|(id, _)| *id == session) {
+                Some(i) => t.taps.swap_remove(i).1,
+                None => Vec::new(),
+            };
+            if t.subscribers.is_empty()
+                && t.taps.is_empty()
+                && let Some(cluster) = &self.cluster
+            {
+                cluster.watch(topic);
+            }
+            t.subscribers.insert(session, s);
+            if let Some(then) = then.take() {
+                then(tapped);
             }
         });
     }
@@ -133,7 +187,7 @@ impl PubSub {
         };
         let mut guard = t.lock();
         guard.subscribers.swap_remove(&session);
-        if guard.subscribers.is_empty() && !guard.dead {
+        if guard.subscribers.is_empty() && guard.taps.is_empty() && !guard.dead {
             guard.dead = true;
             if let Some(cluster) = &self.cluster {
                 cluster.unwatch(topic);
@@ -171,7 +225,13 @@ impl PubSub {
         let Some(t) = self.topics.get(topic).map(|e| e.value().clone()) else {
             return 0;
         };
-        let guard = t.lock();
+        let mut guard = t.lock();
+        if !guard.taps.is_empty() {
+            let seen: Tapped = (Arc::from(event), Arc::new(payload.clone()));
+            for (_, tapped) in guard.taps.iter_mut() {
+                tapped.push(seen.clone());
+            }
+        }
         self.fan_out(&guard, topic, event, payload, except)
     }
 
