@@ -8,6 +8,9 @@
 //!                        published once per node: {"n": node_id, "e": event, "p": payload}
 //! armoricore:nodes       heartbeats {"n": node_id} every cluster.heartbeat_ms:
 //!                        who is alive (armoricore_cluster_nodes)
+//! armoricore:presence    presence replication (see `tracker`)
+//! armoricore:h:{topic}   shared history: head and epoch (hash), and the kept
+//! armoricore:hm:{topic}  messages by offset (sorted set); see PUBLISH_SCRIPT
 //! ```
 //!
 //! A node delivers what others publish to its local subscribers (skipping its own
