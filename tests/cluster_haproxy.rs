@@ -142,5 +142,37 @@ async fn clients_through_haproxy_share_messages_and_presence() {
         .await
         .unwrap();
     assert_eq!(got[4]["content"], "via the balancer");
+
+    // Bob drops; alice posts; bob reconnects through the balancer (to whichever
+    // node it picks) and recovers what he missed.
+    let seen = got[4]["offset"].as_u64().unwrap();
+    drop(bob);
+    for i in 0..2 {
+        let r = alice
+            .push(
+                Some(&jr),
+                "chat:room:lb",
+                "new_message",
+                json!({"content": format!("m{i}")}),
+            )
+            .await;
+        alice.assert_reply(&r).await;
+    }
+    // The topic's epoch, as any join reply gives it (alice rejoins to read it).
+    let (_, rejoined) = alice.join("chat:room:lb", json!({})).await;
+    let epoch = rejoined["response"]["epoch"].clone();
+    assert!(epoch.is_string(), "{rejoined}");
+    let mut back = PhxClient::connect(&url("bob")).await.unwrap();
+    let (_, reply) = back
+        .join(
+            "chat:room:lb",
+            json!({"since": {"offset": seen, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(reply["response"]["recovered"], true, "{reply}");
+    for i in 0..2 {
+        let push = back.assert_push("chat:room:lb", "new_message").await;
+        assert_eq!(push[4]["content"], format!("m{i}"));
+    }
     let _ = lb.kill().await;
 }
