@@ -76,6 +76,24 @@ struct TopicHistory {
 }
 
 impl TopicHistory {
+    /// The first reply of a push repeating `idempotency` within `window`, if any.
+    fn repeated(&mut self, idempotency: Option<(&str, &str)>, window: Duration) -> Option<Value> {
+        let (user, key) = idempotency?;
+        self.expire_replies(Instant::now(), window);
+        self.replies
+            .get(&(user.to_string(), key.to_string()))
+            .cloned()
+    }
+
+    /// Keep `reply` for retries of the push that carried `idempotency`.
+    fn remember(&mut self, idempotency: Option<(&str, &str)>, reply: &Value) {
+        if let Some((user, key)) = idempotency {
+            let id = (user.to_string(), key.to_string());
+            self.replies.insert(id.clone(), reply.clone());
+            self.reply_order.push_back((id, Instant::now()));
+        }
+    }
+
     fn expire_replies(&mut self, now: Instant, window: Duration) {
         while let Some((key, at)) = self.reply_order.front() {
             if now.duration_since(*at) <= window {
@@ -220,13 +238,9 @@ impl History {
         let t = self.topic(topic);
         let mut h = t.lock();
         let now = Instant::now();
-        if let Some((user, key)) = idempotency {
-            h.expire_replies(now, Duration::from_secs(self.config.idempotency_window_s));
-            if let Some(first) = h.replies.get(&(user.to_string(), key.to_string())) {
-                return Published::Duplicate {
-                    reply: first.clone(),
-                };
-            }
+        let window = Duration::from_secs(self.config.idempotency_window_s);
+        if let Some(reply) = h.repeated(idempotency, window) {
+            return Published::Duplicate { reply };
         }
         h.head += 1;
         h.last_used = now;
@@ -246,11 +260,7 @@ impl History {
             });
         }
         let reply = reply(&payload);
-        if let Some((user, key)) = idempotency {
-            let id = (user.to_string(), key.to_string());
-            h.replies.insert(id.clone(), reply.clone());
-            h.reply_order.push_back((id, now));
-        }
+        h.remember(idempotency, &reply);
         Published::New { offset, reply }
     }
 
@@ -334,20 +344,9 @@ impl History {
         let gate = self.gate(topic);
         let _one_at_a_time = gate.lock().await;
         let (size, ttl) = self.rule(topic);
-        {
-            let t = self.topic(topic);
-            let mut h = t.lock();
-            if let Some((user, key)) = idempotency {
-                h.expire_replies(
-                    Instant::now(),
-                    Duration::from_secs(self.config.idempotency_window_s),
-                );
-                if let Some(first) = h.replies.get(&(user.to_string(), key.to_string())) {
-                    return Published::Duplicate {
-                        reply: first.clone(),
-                    };
-                }
-            }
+        let window = Duration::from_secs(self.config.idempotency_window_s);
+        if let Some(reply) = self.topic(topic).lock().repeated(idempotency, window) {
+            return Published::Duplicate { reply };
         }
         let mut value = payload(0);
         let numbered = cluster
@@ -381,13 +380,7 @@ impl History {
             }
         };
         let reply = reply(&value);
-        if let Some((user, key)) = idempotency {
-            let t = self.topic(topic);
-            let mut h = t.lock();
-            let id = (user.to_string(), key.to_string());
-            h.replies.insert(id.clone(), reply.clone());
-            h.reply_order.push_back((id, Instant::now()));
-        }
+        self.topic(topic).lock().remember(idempotency, &reply);
         Published::New { offset, reply }
     }
 

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use armoricore::protocols::jwt::{Claims, Verifier};
 use common::binary::{Server, armoricore};
 use common::redis::RedisServer;
 use common::{PhxClient, WAIT, http};
@@ -29,15 +28,7 @@ fn haproxy() -> Option<&'static str> {
 }
 
 fn token(user: &str) -> String {
-    let claims = Claims {
-        user_id: user.into(),
-        channels: None,
-        name: None,
-        meta: None,
-    };
-    Verifier::hs256(SECRET.as_bytes(), Duration::from_secs(30), true)
-        .mint(&claims, Some(Duration::from_secs(600)))
-        .unwrap()
+    common::binary::token(SECRET, user)
 }
 
 async fn node(redis: &RedisServer, dir: &Path, name: &str) -> Server {

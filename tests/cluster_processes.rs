@@ -7,7 +7,6 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use armoricore::protocols::jwt::{Claims, Verifier};
 use common::binary::{Server, armoricore};
 use common::redis::RedisServer;
 use common::{API_KEY, eventually, http};
@@ -31,15 +30,7 @@ async fn node(redis: &RedisServer, dir: &Path, name: &str) -> Server {
 }
 
 fn token(user: &str) -> String {
-    let claims = Claims {
-        user_id: user.into(),
-        channels: None,
-        name: None,
-        meta: None,
-    };
-    Verifier::hs256(SECRET.as_bytes(), Duration::from_secs(30), true)
-        .mint(&claims, Some(Duration::from_secs(600)))
-        .unwrap()
+    common::binary::token(SECRET, user)
 }
 
 async fn presence_keys(server: &Server, topic: &str) -> Vec<String> {

@@ -23,6 +23,15 @@ pub struct Wire {
     pub m: Map<String, Value>,
 }
 
+impl Wire {
+    fn of(e: &Entry) -> Wire {
+        Wire {
+            k: e.key.clone(),
+            m: e.meta.clone(),
+        }
+    }
+}
+
 fn phx_ref(meta: &Map<String, Value>) -> Option<&str> {
     meta.get("phx_ref").and_then(Value::as_str)
 }
@@ -32,10 +41,7 @@ pub(super) fn replicate(cluster: &Cluster, topic: &str, joins: &[Entry], leaves:
     let joins: Vec<Wire> = joins
         .iter()
         .filter(|e| e.origin.is_none())
-        .map(|e| Wire {
-            k: e.key.clone(),
-            m: e.meta.clone(),
-        })
+        .map(Wire::of)
         .collect();
     let leaves: Vec<String> = leaves
         .iter()
@@ -161,10 +167,7 @@ impl Presence {
             let own: Vec<Wire> = entries
                 .iter()
                 .filter(|e| e.origin.is_none())
-                .map(|e| Wire {
-                    k: e.key.clone(),
-                    m: e.meta.clone(),
-                })
+                .map(Wire::of)
                 .collect();
             if !own.is_empty() {
                 state.insert(topic.clone(), own);
