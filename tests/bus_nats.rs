@@ -216,7 +216,7 @@ async fn a_node_killed_mid_job_leaves_the_work_to_another_node() {
     let client = nats.client().await;
     let mut ready = subscribe(&client, "media.ready").await;
     // Node A reaches NATS through a proxy: cutting it is node A dying (kill -9).
-    let proxy = Proxy::start(format!("127.0.0.1:{}", nats.port).parse().unwrap()).await;
+    let proxy = Proxy::start(nats.addr()).await;
     let hung = TestJob::new(Behaviour::Hang);
     let _a = TestNode::start_with_jobs(on(proxy.url()), media_jobs(&hung)).await;
     work_queues_ready(&client).await;
@@ -241,24 +241,20 @@ async fn a_stopping_node_hands_its_running_jobs_back_at_once() {
     let nats = NatsServer::start().await;
     let client = nats.client().await;
     let mut ready = subscribe(&client, "media.ready").await;
-    let long_lease = |c: &mut Config| {
-        c.bus.url = nats.url();
-        c.bus.ack_wait_ms = 30_000;
+    // A 30 s ack wait: only a hand-back can bring the job to node B in time.
+    let long_lease = |url: String| {
+        move |c: &mut Config| {
+            c.bus.url = url;
+            c.bus.ack_wait_ms = 30_000;
+        }
     };
     let hung = TestJob::new(Behaviour::Hang);
-    let a = TestNode::start_with_jobs(long_lease, media_jobs(&hung)).await;
+    let a = TestNode::start_with_jobs(long_lease(nats.url()), media_jobs(&hung)).await;
     work_queues_ready(&client).await;
     publish(&client, "media.uploaded", &media_uploaded("e1", "m1", "u1")).await;
     hung.called(1).await;
     let done = TestJob::new(Behaviour::Succeed);
-    let _b = TestNode::start_with_jobs(
-        |c: &mut Config| {
-            c.bus.url = nats.url();
-            c.bus.ack_wait_ms = 30_000;
-        },
-        media_jobs(&done),
-    )
-    .await;
+    let _b = TestNode::start_with_jobs(long_lease(nats.url()), media_jobs(&done)).await;
     a.shutdown().await;
     // Well within the 30 s ack wait: the job was negatively acknowledged.
     let result = next_json(&mut ready, Duration::from_secs(5)).await;
@@ -319,7 +315,7 @@ async fn a_message_whose_last_delivery_was_never_acknowledged_is_dead_lettered()
             c.bus.max_deliver = 1;
         }
     };
-    let proxy = Proxy::start(format!("127.0.0.1:{}", nats.port).parse().unwrap()).await;
+    let proxy = Proxy::start(nats.addr()).await;
     let hung = TestJob::new(Behaviour::Hang);
     let _a = TestNode::start_with_jobs(once(proxy.url()), media_jobs(&hung)).await;
     work_queues_ready(&client).await;

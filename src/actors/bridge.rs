@@ -18,7 +18,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -548,16 +547,7 @@ async fn handle(
         },
     );
     metrics.jobs_running.inc();
-    let result = run_job(
-        &hub,
-        subject,
-        &event,
-        &delivery.body,
-        delivery.delivered,
-        &acker,
-        cancel,
-    )
-    .await;
+    let result = run_job(&hub, subject, &event, delivery.delivered, &acker, cancel).await;
     let label = match result {
         Settled::Acked(label, sent) => {
             hub.handled.done(&event.event_id, sent);
@@ -610,7 +600,6 @@ async fn run_job(
     hub: &Arc<Hub>,
     subject: &'static str,
     event: &Envelope,
-    _body: &Bytes,
     delivered: u32,
     acker: &Arc<dyn Acker>,
     cancel: Arc<Notify>,

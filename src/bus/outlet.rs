@@ -29,10 +29,6 @@ impl Outlet {
         }
     }
 
-    pub fn bus(&self) -> &Arc<dyn Bus> {
-        &self.bus
-    }
-
     pub fn config(&self) -> &BusConfig {
         &self.config
     }

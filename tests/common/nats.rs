@@ -40,6 +40,10 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     async fn spawn(&mut self) {
         let store: PathBuf = self.store.path().to_path_buf();
         let child = Command::new("nats-server")
