@@ -22,6 +22,11 @@ const LEGACY_ENV: &[(&str, &str, &str)] = &[
     ("JWT_SECRET", "auth", "jwt_secret"),
     ("MESSAGE_BUS_URL", "bus", "url"),
     ("REDIS_URL", "cluster", "redis_url"),
+    ("OBJECT_STORAGE_ENDPOINT", "storage", "endpoint"),
+    ("OBJECT_STORAGE_ACCESS_KEY", "storage", "access_key"),
+    ("OBJECT_STORAGE_SECRET_KEY", "storage", "secret_key"),
+    ("OBJECT_STORAGE_BUCKET", "storage", "bucket"),
+    ("OBJECT_STORAGE_REGION", "storage", "region"),
 ];
 
 /// Why configuration could not be loaded.
@@ -61,6 +66,8 @@ pub struct Config {
     pub bus: BusConfig,
     pub cluster: ClusterConfig,
     pub api: ApiConfig,
+    pub media: MediaConfig,
+    pub storage: StorageConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -185,6 +192,74 @@ pub struct ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub key: String,
+}
+
+/// Transcoding (`[media]` in config/default.toml documents each key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub ffmpeg: String,
+    pub ffprobe: String,
+    pub work_dir: String,
+    pub input_dirs: Vec<String>,
+    pub download_max_mb: u64,
+    pub probe_timeout_s: u64,
+    pub video_codec: String,
+    pub high_codec: String,
+    pub preset: String,
+    pub hwaccel: String,
+    pub segment_s: u32,
+    pub gop_s: u32,
+    pub segment_type: String,
+    pub audio_bitrate_k: u32,
+    pub mp4_rungs: Vec<String>,
+    pub rungs: Vec<Rung>,
+    pub audio: Vec<AudioRendition>,
+    pub thumbnails: u32,
+    pub thumbnail_width: u32,
+    pub sprite_interval_s: u32,
+    pub sprite_width: u32,
+    pub sprite_columns: u32,
+    pub progress_interval_ms: u64,
+}
+
+/// One rung of the video ladder: `height` is the short side (360 for 640×360 and
+/// for a portrait 360×640).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rung {
+    pub name: String,
+    pub height: u32,
+    pub bitrate_k: u32,
+}
+
+/// One audio-only rendition (`codec`: aac, opus, mp3, flac, vorbis).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioRendition {
+    pub codec: String,
+    pub bitrate_k: u32,
+}
+
+/// Where media output goes (`[storage]`): a local directory, or S3-compatible.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub local_dir: String,
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    pub region: String,
+    pub path_style: bool,
+    pub public_url: String,
+    pub multipart_threshold_mb: u64,
+    pub max_retries: usize,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub retry_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -347,6 +422,7 @@ impl Config {
                 "must be greater than socket.longpoll_poll_ms",
             ));
         }
+        self.validate_media()?;
         if self
             .log
             .level
@@ -354,6 +430,100 @@ impl Config {
             .is_err()
         {
             return Err(invalid("log.level", "not a valid RUST_LOG filter"));
+        }
+        Ok(())
+    }
+
+    fn validate_media(&self) -> Result<(), ConfigError> {
+        let m = &self.media;
+        for (key, value) in [
+            ("media.segment_s", m.segment_s),
+            ("media.gop_s", m.gop_s),
+            ("media.audio_bitrate_k", m.audio_bitrate_k),
+            ("media.thumbnail_width", m.thumbnail_width),
+            ("media.sprite_interval_s", m.sprite_interval_s),
+            ("media.sprite_width", m.sprite_width),
+            ("media.sprite_columns", m.sprite_columns),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if m.segment_s % m.gop_s != 0 {
+            return Err(invalid(
+                "media.segment_s",
+                "must be a multiple of media.gop_s (segments start on keyframes)",
+            ));
+        }
+        let codecs = ["h264", "h265", "vp9", "av1", "vvc"];
+        for (key, value) in [
+            ("media.video_codec", &m.video_codec),
+            ("media.high_codec", &m.high_codec),
+        ] {
+            if !codecs.contains(&value.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!("expected one of {codecs:?}, got {value:?}"),
+                ));
+            }
+        }
+        let one_of = |key: &str, value: &str, allowed: &[&str]| {
+            if allowed.contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("expected one of {allowed:?}, got {value:?}"),
+                ))
+            }
+        };
+        one_of("media.segment_type", &m.segment_type, &["auto", "ts", "fmp4"])?;
+        one_of(
+            "media.hwaccel",
+            &m.hwaccel,
+            &["none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox"],
+        )?;
+        if m.rungs.is_empty() {
+            return Err(invalid("media.rungs", "needs at least one rung"));
+        }
+        for (i, rung) in m.rungs.iter().enumerate() {
+            if rung.height < 16 || rung.bitrate_k == 0 || rung.name.is_empty() {
+                return Err(invalid(
+                    &format!("media.rungs[{i}]"),
+                    "needs a name, height ≥ 16 and bitrate_k > 0",
+                ));
+            }
+        }
+        for (i, a) in m.audio.iter().enumerate() {
+            let key = format!("media.audio[{i}].codec");
+            one_of(&key, &a.codec, &["aac", "opus", "mp3", "flac", "vorbis"])?;
+            if a.codec != "flac" && !(8..=512).contains(&a.bitrate_k) {
+                return Err(invalid(
+                    &format!("media.audio[{i}].bitrate_k"),
+                    "expected 8 to 512",
+                ));
+            }
+        }
+        let s = &self.storage;
+        if !s.endpoint.is_empty() {
+            if !(s.endpoint.starts_with("http://") || s.endpoint.starts_with("https://")) {
+                return Err(invalid(
+                    "storage.endpoint",
+                    format!("expected http(s)://host:port, got {:?}", s.endpoint),
+                ));
+            }
+            if s.bucket.is_empty() {
+                return Err(invalid(
+                    "storage.bucket",
+                    "required with storage.endpoint (OBJECT_STORAGE_BUCKET)",
+                ));
+            }
+        }
+        if s.multipart_threshold_mb < 5 {
+            return Err(invalid(
+                "storage.multipart_threshold_mb",
+                "must be at least 5 (S3's smallest part)",
+            ));
         }
         Ok(())
     }

@@ -47,6 +47,8 @@ pub struct Hub {
     /// Who handles each kind of work event, and which events were handled already
     /// (both outlive BusBridge restarts).
     pub jobs: Jobs,
+    /// Transcoding on this node (`media.enabled` and an ffmpeg found).
+    pub media: Option<Arc<crate::actors::transcode::MediaService>>,
     pub handled: Handled,
     /// The bus's work queues are prepared (JetStream streams and consumers exist).
     bus_work_ready: std::sync::atomic::AtomicBool,
@@ -69,6 +71,7 @@ impl Hub {
         bus: Arc<dyn Bus>,
         jobs: Jobs,
         cluster: Option<Arc<crate::cluster::Cluster>>,
+        media: Option<Arc<crate::actors::transcode::MediaService>>,
     ) -> Hub {
         let outlet = Outlet::new(bus.clone(), config.bus.clone(), metrics.clone());
         let presence_outlet = config.bus.publish_presence.then(|| outlet.clone());
@@ -94,6 +97,7 @@ impl Hub {
             bus,
             outlet,
             jobs,
+            media,
             handled: Handled::default(),
             media_owners: Default::default(),
             bus_work_ready: Default::default(),

@@ -40,6 +40,7 @@ pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod protocols;
 pub mod pubsub;

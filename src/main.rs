@@ -46,6 +46,24 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Transcode one file as a `media.uploaded` job would, without a server:
+    /// HLS ladder, MP4s, thumbnails (or audio-only renditions) into a directory.
+    Transcode {
+        /// A local file or an http(s):// URL.
+        input: String,
+        /// Output directory (created).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// `video` (the ladder) or `audio` (audio-only renditions).
+        #[arg(long, default_value = "video")]
+        profile: String,
+        /// Video codec: h264, h265, vp9, av1, vvc (default: media.video_codec).
+        #[arg(long)]
+        codec: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn init_logging(config: &Config, format: LogFormat) {
@@ -89,7 +107,91 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", verifier.mint(&claims, Some(ttl))?);
             Ok(())
         }
+        Command::Transcode {
+            input,
+            output,
+            profile,
+            codec,
+            quiet,
+        } => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                init_logging(&config, format);
+            }
+            transcode(&config, input, output, profile, codec, quiet).await
+        }
     }
+}
+
+/// `armoricore transcode`: the job's own code, writing into a directory.
+async fn transcode(
+    config: &Config,
+    input: String,
+    output: PathBuf,
+    profile: String,
+    codec: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use armoricore::media::{Progress, Request, Transcoder, storage::Storage};
+    use std::io::Write;
+    let mut config = config.clone();
+    let work = tempfile_dir(&output)?;
+    config.media.work_dir = work.display().to_string();
+    let storage = Storage::local(&output, "", 16 << 20)?;
+    let transcoder = Transcoder::new(&config).await?.with_storage(storage);
+    let stem = std::path::Path::new(&input)
+        .file_stem()
+        .map_or("media".into(), |s| s.to_string_lossy().to_string());
+    let mut payload = serde_json::Map::new();
+    payload.insert("media_id".into(), stem.into());
+    payload.insert("user_id".into(), "cli".into());
+    payload.insert("file_path".into(), input.clone().into());
+    payload.insert("profile".into(), profile.into());
+    let mut request = Request::from_payload(&payload)?;
+    request.video_codec = codec;
+    request.prefix = Some(String::new());
+    let started = std::time::Instant::now();
+    let mut bar = move |p: Progress| {
+        if quiet {
+            return;
+        }
+        let filled = (p.percent / 5.0) as usize;
+        let eta = p.eta_s.map_or(String::new(), |e| format!(" eta {e}s"));
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r{:<12} [{:<20}] {:5.1}% {:6.1} fps {:5.2}x{eta:<12}",
+            p.stage,
+            "#".repeat(filled.min(20)),
+            p.percent,
+            p.fps,
+            p.speed
+        );
+        let _ = err.flush();
+    };
+    let (_cancel, watch) = tokio::sync::watch::channel(false);
+    let result = transcoder.run(&request, &mut bar, watch).await;
+    let _ = std::fs::remove_dir_all(&work);
+    if !quiet {
+        eprintln!();
+    }
+    let ready = result?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let duration = ready.get("duration").and_then(|d| d.as_f64()).unwrap_or(0.0);
+    println!("{}", serde_json::to_string_pretty(&ready)?);
+    eprintln!(
+        "done in {elapsed:.1} s: {duration:.1} s of media, {:.2}x realtime",
+        duration / elapsed.max(0.001)
+    );
+    Ok(())
+}
+
+/// A fresh work directory beside the output.
+fn tempfile_dir(output: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    let dir = output.join(format!(".work-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub jobs: IntCounterVec,
     /// Time from a work delivery to its acknowledgement.
     pub job_seconds: Histogram,
+    /// Transcodes running, and waiting for a slot (`media.concurrency`).
+    pub media_jobs_running: IntGauge,
+    pub media_jobs_queued: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -240,6 +243,14 @@ impl Metrics {
                 "Nodes alive in the cluster, this one included.",
             ),
             jobs_running: gauge("armoricore_jobs_running", "Jobs running on this node."),
+            media_jobs_running: gauge(
+                "armoricore_media_jobs_running",
+                "Transcodes running on this node.",
+            ),
+            media_jobs_queued: gauge(
+                "armoricore_media_jobs_queued",
+                "Transcodes waiting for a slot (media.concurrency).",
+            ),
             jobs: counter_vec(
                 "armoricore_jobs_total",
                 "Jobs ended, by work subject and result.",

@@ -17,7 +17,9 @@ use tokio::task::JoinHandle;
 use crate::channels::Router;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::actors::transcode::{MediaJobs, MediaService};
 use crate::jobs::Jobs;
+use crate::media::Transcoder;
 use crate::metrics::Metrics;
 use crate::protocols::jwt::{self, KeyError, Verifier};
 use crate::supervisors::root::{Child, RootArgs, RootMsg, RootSupervisor};
@@ -118,6 +120,44 @@ pub fn verifier(config: &Config) -> Result<Verifier, StartError> {
     }
 }
 
+/// Add the transcoder as the `media.uploaded` handler, unless media is off, the
+/// caller brought its own handler, or ffmpeg cannot run here (then the node runs
+/// without it and says so).
+async fn with_media(
+    config: &Config,
+    jobs: Jobs,
+    metrics: &Arc<Metrics>,
+) -> (Jobs, Option<Arc<MediaService>>) {
+    if !config.media.enabled || jobs.get(crate::bus::events::MEDIA_UPLOADED).is_some() {
+        return (jobs, None);
+    }
+    match Transcoder::new(config).await {
+        Ok(transcoder) => {
+            let encoders = transcoder.encoders().video_codecs();
+            let service = Arc::new(MediaService::new(
+                transcoder,
+                config.media.concurrency,
+                metrics.clone(),
+            ));
+            tracing::info!(
+                concurrency = service.limit(),
+                storage = service.transcoder.storage().kind(),
+                encoders = %encoders.join(", "),
+                "transcoding"
+            );
+            let jobs = jobs.with(
+                crate::bus::events::MEDIA_UPLOADED,
+                MediaJobs(service.clone()),
+            );
+            (jobs, Some(service))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "transcoding off: media.uploaded is left to other workers");
+            (jobs, None)
+        }
+    }
+}
+
 /// A running node.
 pub struct Node {
     hub: Arc<Hub>,
@@ -127,8 +167,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start a node serving on `listener` with the routes in `router` and no job
-    /// handlers (every work event is answered `not_supported`).
+    /// Start a node serving on `listener` with the routes in `router` and the
+    /// standard job handlers (transcoding, when `media.enabled`).
     pub async fn start(
         config: Config,
         router: Router,
@@ -137,7 +177,8 @@ impl Node {
         Node::start_with_jobs(config, router, Jobs::new(), listener).await
     }
 
-    /// Start a node with the job handlers in `jobs`.
+    /// Start a node with the job handlers in `jobs`, plus transcoding for
+    /// `media.uploaded` when `media.enabled` and `jobs` has no handler for it.
     pub async fn start_with_jobs(
         config: Config,
         router: Router,
@@ -162,8 +203,9 @@ impl Node {
             tracing::info!(node = %c.node_id, "cluster through Redis");
             Some(Arc::new(c))
         };
+        let (jobs, media) = with_media(&config, jobs, &metrics).await;
         let hub = Arc::new(Hub::new(
-            config, router, verifier, metrics, bus, jobs, cluster,
+            config, router, verifier, metrics, bus, jobs, cluster, media,
         ));
         let args = RootArgs {
             hub: hub.clone(),

@@ -262,7 +262,11 @@ async fn listen_results(bridge: Arc<Bridge>, myself: ActorRef<BridgeMsg>) {
     let mut streams = Vec::new();
     // media.uploaded as a plain subscription too: every node learns who owns a
     // media (for media:{id} joins), not only the node that runs its job.
-    for subject in RESULT_SUBJECTS.iter().chain([&events::MEDIA_UPLOADED]) {
+    // media.cancel reaches every node; the one running that media's job stops it.
+    for subject in RESULT_SUBJECTS
+        .iter()
+        .chain([&events::MEDIA_UPLOADED, &events::MEDIA_CANCEL])
+    {
         match hub.bus.subscribe(&hub.outlet.wire_subject(subject)).await {
             Ok(s) => streams.push(s),
             Err(e) => {
@@ -280,6 +284,21 @@ async fn listen_results(bridge: Arc<Bridge>, myself: ActorRef<BridgeMsg>) {
             // Work, observed only: the bridge's puller validates and runs it.
             if let Ok(env) = events::parse(subject, &m.body) {
                 record_owner(hub, &env.payload);
+            }
+            continue;
+        }
+        if subject == events::MEDIA_CANCEL {
+            match events::parse(subject, &m.body) {
+                Ok(env) => {
+                    if let (Some(media), Some(id)) = (&hub.media, id_of(&env.payload, "media_id")) {
+                        media.cancel(&id);
+                    }
+                }
+                Err(invalid) => {
+                    let _ = bridge
+                        .dead_letter(subject, &m.body, &invalid.reason, 1, "invalid")
+                        .await;
+                }
             }
             continue;
         }

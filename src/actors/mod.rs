@@ -11,3 +11,4 @@ pub mod gateway;
 pub mod janitor;
 pub mod presence;
 pub mod session;
+pub mod transcode;

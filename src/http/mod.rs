@@ -9,6 +9,8 @@
 //!                              "degraded" (still 200) while the message bus is down
 //! POST     /api/broadcast, /api/events, /api/disconnect; GET /api/presence/{topic}
 //!                              the server API (api.rs), with an API key
+//! GET      /media/...          transcoded media in local storage (read-only, ranges,
+//!                              CORS open), so HLS plays out of the box
 //! ```
 
 pub mod api;
@@ -30,7 +32,11 @@ use crate::hub::Hub;
 
 /// The node's HTTP application.
 pub fn app(hub: Arc<Hub>) -> Router {
-    Router::new()
+    let media_root = hub
+        .media
+        .as_ref()
+        .and_then(|m| m.transcoder.storage().local_root().map(|r| r.join("media")));
+    let router = Router::new()
         .route("/socket/websocket", get(websocket::upgrade))
         .route(
             "/socket/longpoll",
@@ -43,7 +49,33 @@ pub fn app(hub: Arc<Hub>) -> Router {
         .route("/api/events", post(api::publish_event))
         .route("/api/presence/{topic}", get(api::presence))
         .route("/api/disconnect", post(api::disconnect))
-        .with_state(hub)
+        .with_state(hub);
+    match media_root {
+        Some(root) => router.nest_service(
+            "/media",
+            axum::routing::get_service(tower_http::services::ServeDir::new(root))
+                .layer(axum::middleware::map_response(media_headers)),
+        ),
+        None => router,
+    }
+}
+
+/// Media types players expect (`.m3u8`, `.ts`, `.m4s`, ...), and CORS open so a
+/// player on another origin can fetch.
+async fn media_headers(uri: axum::http::Uri, mut response: Response) -> Response {
+    let ok = response.status().is_success();
+    let headers = response.headers_mut();
+    if ok {
+        let kind = crate::media::storage::content_type(uri.path());
+        if kind != "application/octet-stream" {
+            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+        }
+    }
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    response
 }
 
 /// A refused request: a status and a JSON body `{error, reason}`.

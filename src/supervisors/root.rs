@@ -18,6 +18,7 @@ use crate::actors::bridge::BusBridge;
 use crate::actors::gateway::{Gateway, GatewayArgs};
 use crate::actors::janitor::Janitor;
 use crate::actors::presence::PresenceTracker;
+use crate::actors::transcode::TranscodeSupervisor;
 use crate::hub::Hub;
 
 /// The root's children.
@@ -28,14 +29,17 @@ pub enum Child {
     Presence,
     Janitor,
     Bridge,
+    /// The TranscodeSupervisor (when the node transcodes).
+    Media,
 }
 
 impl Child {
     /// Start order; they stop in reverse (the bridge hands running jobs back
     /// after the sessions are gone).
-    const ALL: [Child; 5] = [
+    const ALL: [Child; 6] = [
         Child::Janitor,
         Child::Presence,
+        Child::Media,
         Child::Bridge,
         Child::Sessions,
         Child::Gateway,
@@ -94,6 +98,15 @@ impl RootSupervisor {
                 .await?
                 .0
                 .get_cell(),
+            Child::Media => {
+                let Some(service) = hub.media.clone() else {
+                    return Ok(());
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, TranscodeSupervisor, service.clone(), sup).await?;
+                service.set_supervisor(Some(actor.clone()));
+                actor.get_cell()
+            }
             Child::Janitor => Actor::spawn_linked(None, Janitor, hub, sup)
                 .await?
                 .0
@@ -197,6 +210,9 @@ impl Actor for RootSupervisor {
             }
         }
         state.hub.presence.set_tracker(None);
+        if let Some(media) = &state.hub.media {
+            media.set_supervisor(None);
+        }
         state.hub.set_session_supervisor(None);
         myself.stop_children(None);
         Ok(())
