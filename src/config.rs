@@ -449,7 +449,7 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        if m.segment_s % m.gop_s != 0 {
+        if !m.segment_s.is_multiple_of(m.gop_s) {
             return Err(invalid(
                 "media.segment_s",
                 "must be a multiple of media.gop_s (segments start on keyframes)",
@@ -477,7 +477,11 @@ impl Config {
                 ))
             }
         };
-        one_of("media.segment_type", &m.segment_type, &["auto", "ts", "fmp4"])?;
+        one_of(
+            "media.segment_type",
+            &m.segment_type,
+            &["auto", "ts", "fmp4"],
+        )?;
         one_of(
             "media.hwaccel",
             &m.hwaccel,

@@ -63,6 +63,7 @@ pub struct Hub {
 }
 
 impl Hub {
+    #[allow(clippy::too_many_arguments)] // the node's parts, each built by Node::start
     pub fn new(
         config: Config,
         router: Router,

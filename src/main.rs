@@ -176,7 +176,10 @@ async fn transcode(
     }
     let ready = result?;
     let elapsed = started.elapsed().as_secs_f64();
-    let duration = ready.get("duration").and_then(|d| d.as_f64()).unwrap_or(0.0);
+    let duration = ready
+        .get("duration")
+        .and_then(|d| d.as_f64())
+        .unwrap_or(0.0);
     println!("{}", serde_json::to_string_pretty(&ready)?);
     eprintln!(
         "done in {elapsed:.1} s: {duration:.1} s of media, {:.2}x realtime",

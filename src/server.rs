@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::actors::transcode::{MediaJobs, MediaService};
 use crate::channels::Router;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::actors::transcode::{MediaJobs, MediaService};
 use crate::jobs::Jobs;
 use crate::media::Transcoder;
 use crate::metrics::Metrics;

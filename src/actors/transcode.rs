@@ -82,7 +82,9 @@ impl MediaService {
             reply,
         };
         let Some(sup) = self.supervisor() else {
-            return Err(MediaError::Tool("transcode supervisor is not running".into()));
+            return Err(MediaError::Tool(
+                "transcode supervisor is not running".into(),
+            ));
         };
         sup.cast(TranscodeMsg::Submit(Box::new(submission)))
             .map_err(|_| MediaError::Tool("transcode supervisor is not running".into()))?;
@@ -257,7 +259,11 @@ impl Actor for TranscodeSupervisor {
                 Self::fill(&myself, state).await;
             }
             TranscodeMsg::Cancel(media_id) => {
-                for sub in state.queue.iter_mut().filter(|s| s.request.media_id == media_id) {
+                for sub in state
+                    .queue
+                    .iter_mut()
+                    .filter(|s| s.request.media_id == media_id)
+                {
                     // Answered now; `fill` skips it (its reply is closed).
                     let (dead, _) = oneshot::channel();
                     let reply = std::mem::replace(&mut sub.reply, dead);
@@ -272,7 +278,11 @@ impl Actor for TranscodeSupervisor {
             }
             TranscodeMsg::Jobs(reply) => {
                 let running = state.running.values().map(|j| j.media_id.clone()).collect();
-                let queued = state.queue.iter().map(|s| s.request.media_id.clone()).collect();
+                let queued = state
+                    .queue
+                    .iter()
+                    .map(|s| s.request.media_id.clone())
+                    .collect();
                 let _ = reply.send((running, queued));
             }
             TranscodeMsg::JobActor(media_id, reply) => {
@@ -382,7 +392,9 @@ impl Actor for TranscodeJob {
             .run(&args.request, &mut args.progress, args.cancel.clone())
             .await;
         match &result {
-            Ok(_) => tracing::info!(%media_id, secs = started.elapsed().as_secs_f64(), "transcode done"),
+            Ok(_) => {
+                tracing::info!(%media_id, secs = started.elapsed().as_secs_f64(), "transcode done")
+            }
             Err(e) => tracing::warn!(%media_id, error = %e, "transcode failed"),
         }
         if let Some(answer) = args.reply.lock().take() {

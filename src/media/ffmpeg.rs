@@ -139,11 +139,7 @@ fn read_progress(stdout: std::process::ChildStdout, tx: mpsc::UnboundedSender<Ti
             }
             "fps" => tick.fps = value.parse().unwrap_or(tick.fps),
             "speed" => tick.speed = value.trim_end_matches('x').parse().unwrap_or(tick.speed),
-            "progress" => {
-                if tx.send(tick).is_err() {
-                    break;
-                }
-            }
+            "progress" if tx.send(tick).is_err() => break,
             _ => {}
         }
     }
@@ -157,7 +153,9 @@ pub fn leading_black_end(filter_logs: &[String]) -> Option<f64> {
             let at = line.find(name)? + name.len();
             line[at..].split_whitespace().next()?.parse().ok()
         };
-        (field("black_start:")? < 0.05).then(|| field("black_end:")).flatten()
+        (field("black_start:")? < 0.05)
+            .then(|| field("black_end:"))
+            .flatten()
     })
 }
 

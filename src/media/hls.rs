@@ -28,7 +28,10 @@ pub fn measure(dir: &Path) -> Result<Measured, MediaError> {
     let (mut total_s, mut duration) = (0.0, None);
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("#EXTINF:") {
-            duration = rest.split(',').next().and_then(|d| d.trim().parse::<f64>().ok());
+            duration = rest
+                .split(',')
+                .next()
+                .and_then(|d| d.trim().parse::<f64>().ok());
         } else if !line.starts_with('#') && !line.trim().is_empty() {
             let d = duration.take().unwrap_or(0.0);
             let bytes = std::fs::metadata(dir.join(line.trim()))
@@ -67,7 +70,11 @@ pub fn codec_string(codec: &str, profile: &str, level: i64, height: u32) -> Stri
             format!("avc1.{p}{:02x}", level.clamp(10, 62))
         }
         "hevc" => {
-            let (p, c) = if profile.contains("10") { (2, 4) } else { (1, 6) };
+            let (p, c) = if profile.contains("10") {
+                (2, 4)
+            } else {
+                (1, 6)
+            };
             format!("hvc1.{p}.{c}.L{}.90", level.max(30))
         }
         "vp9" => {
@@ -222,7 +229,10 @@ mod tests {
         std::fs::write(dir.path().join("s1.ts"), vec![0u8; 15000]).unwrap();
         std::fs::write(dir.path().join("s2.ts"), vec![0u8; 1000]).unwrap();
         let m = measure(dir.path()).unwrap();
-        assert_eq!(m.peak_bps, 20_000, "the heaviest full segment, not the short tail");
+        assert_eq!(
+            m.peak_bps, 20_000,
+            "the heaviest full segment, not the short tail"
+        );
         assert_eq!(m.average_bps, (23_500.0 * 8.0 / 12.1) as u64);
         assert_eq!((m.segments, m.longest_s), (3, 6.0));
     }
@@ -238,19 +248,43 @@ mod tests {
 
     #[test]
     fn master_adds_the_audio_group() {
-        let m = Measured { peak_bps: 1000, average_bps: 800, ..Default::default() };
-        let v = [VideoVariant { uri: "360p/playlist.m3u8", measured: m, width: 640, height: 360, fps: 30.0, codecs: "avc1.64001e" }];
-        let a = AudioGroup { uri: "audio/playlist.m3u8", measured: m, codecs: "mp4a.40.2", channels: 2 };
+        let m = Measured {
+            peak_bps: 1000,
+            average_bps: 800,
+            ..Default::default()
+        };
+        let v = [VideoVariant {
+            uri: "360p/playlist.m3u8",
+            measured: m,
+            width: 640,
+            height: 360,
+            fps: 30.0,
+            codecs: "avc1.64001e",
+        }];
+        let a = AudioGroup {
+            uri: "audio/playlist.m3u8",
+            measured: m,
+            codecs: "mp4a.40.2",
+            channels: 2,
+        };
         let text = video_master(&v, Some(&a));
-        assert!(text.contains("BANDWIDTH=2000,AVERAGE-BANDWIDTH=1600,RESOLUTION=640x360"), "{text}");
-        assert!(text.contains("CODECS=\"avc1.64001e,mp4a.40.2\",AUDIO=\"audio\"\n360p/playlist.m3u8"), "{text}");
+        assert!(
+            text.contains("BANDWIDTH=2000,AVERAGE-BANDWIDTH=1600,RESOLUTION=640x360"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CODECS=\"avc1.64001e,mp4a.40.2\",AUDIO=\"audio\"\n360p/playlist.m3u8"),
+            "{text}"
+        );
         assert!(text.contains("TYPE=AUDIO,GROUP-ID=\"audio\""));
     }
 
     #[test]
     fn vtt_tiles() {
         let vtt = sprite_vtt(12.0, 5, (160, 90), 2, 4, |n| format!("sprite_{n:03}.jpg"));
-        assert!(vtt.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:05.000\nsprite_001.jpg#xywh=0,0,160,90\n"));
+        assert!(vtt.starts_with(
+            "WEBVTT\n\n00:00:00.000 --> 00:00:05.000\nsprite_001.jpg#xywh=0,0,160,90\n"
+        ));
         assert!(vtt.contains("00:00:05.000 --> 00:00:10.000\nsprite_001.jpg#xywh=160,0,160,90"));
         assert!(vtt.contains("00:00:10.000 --> 00:00:12.000\nsprite_001.jpg#xywh=0,90,160,90"));
     }

@@ -194,7 +194,12 @@ fn even(x: f64) -> u32 {
 /// rung whose short side fits in the source's, never upscaled; a source smaller
 /// than the first rung gets one rung at its own (even) size. Rungs above 1080p
 /// use `high` when `codec` is H.264.
-pub fn plan(config: &MediaConfig, display: (u32, u32), codec: Codec, high: Codec) -> Vec<PlannedRung> {
+pub fn plan(
+    config: &MediaConfig,
+    display: (u32, u32),
+    codec: Codec,
+    high: Codec,
+) -> Vec<PlannedRung> {
     let (w, h) = (display.0 as f64, display.1 as f64);
     let short = w.min(h);
     let portrait = h > w;
@@ -333,7 +338,13 @@ pub fn video_encoder_args(
             format!("keyint={gop_frames}:min-keyint={gop_frames}:scenecut=0:log-level=error"),
         ],
         "libvpx-vp9" => [
-            "-deadline", "good", "-cpu-used", "5", "-row-mt", "1", "-keyint_min",
+            "-deadline",
+            "good",
+            "-cpu-used",
+            "5",
+            "-row-mt",
+            "1",
+            "-keyint_min",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -377,7 +388,11 @@ pub fn audio_encoder_args(encoder: &str, bitrate_k: u32) -> Vec<String> {
 
 /// HLS muxer options for one playlist at `dir/playlist.m3u8`.
 pub fn hls_args(dir: &str, segment_s: u32, fmp4: bool) -> Vec<String> {
-    let (kind, ext) = if fmp4 { ("fmp4", "m4s") } else { ("mpegts", "ts") };
+    let (kind, ext) = if fmp4 {
+        ("fmp4", "m4s")
+    } else {
+        ("mpegts", "ts")
+    };
     let mut a: Vec<String> = [
         "-f",
         "hls",
@@ -409,7 +424,10 @@ mod tests {
     use crate::config::Config;
 
     fn names(rungs: &[PlannedRung]) -> Vec<String> {
-        rungs.iter().map(|r| format!("{}:{}x{}:{}", r.name, r.width, r.height, r.codec)).collect()
+        rungs
+            .iter()
+            .map(|r| format!("{}:{}x{}:{}", r.name, r.width, r.height, r.codec))
+            .collect()
     }
 
     #[test]
@@ -418,11 +436,23 @@ mod tests {
         let p = plan(&c, (1920, 1080), Codec::H264, Codec::H265);
         assert_eq!(
             names(&p),
-            ["360p:640x360:h264", "480p:854x480:h264", "720p:1280x720:h264", "1080p:1920x1080:h264"]
+            [
+                "360p:640x360:h264",
+                "480p:854x480:h264",
+                "720p:1280x720:h264",
+                "1080p:1920x1080:h264"
+            ]
         );
         let p = plan(&c, (7680, 4320), Codec::H264, Codec::H265);
         assert_eq!(p.len(), 7);
-        assert_eq!(names(&p)[4..], ["1440p:2560x1440:h265", "2160p:3840x2160:h265", "4320p:7680x4320:h265"]);
+        assert_eq!(
+            names(&p)[4..],
+            [
+                "1440p:2560x1440:h265",
+                "2160p:3840x2160:h265",
+                "4320p:7680x4320:h265"
+            ]
+        );
         // Between rungs: the top rung is below the source.
         assert_eq!(plan(&c, (1600, 900), Codec::H264, Codec::H265).len(), 3);
     }
@@ -445,7 +475,10 @@ mod tests {
         let e = Encoders::parse(listing);
         assert_eq!(e.video(Codec::H264).unwrap(), "libx264");
         let err = e.video(Codec::Vvc).unwrap_err().to_string();
-        assert_eq!(err, "unsupported codec vvc: this ffmpeg encodes h264 (libx264), vp9 (libvpx-vp9)");
+        assert_eq!(
+            err,
+            "unsupported codec vvc: this ffmpeg encodes h264 (libx264), vp9 (libvpx-vp9)"
+        );
         assert_eq!(e.audio("aac").unwrap(), "aac");
         assert!(e.audio("opus").is_err());
         assert_eq!(Hw::Nvenc.encoder(Codec::H265).unwrap(), "hevc_nvenc");

@@ -236,7 +236,13 @@ impl Transcoder {
         let safe_id: String = req
             .media_id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         if safe_id.is_empty() {
             return Err(MediaError::Input("media_id is empty".into()));
@@ -261,14 +267,26 @@ impl Transcoder {
         let mut ready = match (&probe.video, req.profile) {
             (Some(video), Profile::Video) => {
                 let video = video.clone();
-                self.video_job(req, &input, &probe, &video, &out, &mut reporter, &mut cancel)
-                    .await?
+                self.video_job(
+                    req,
+                    &input,
+                    &probe,
+                    &video,
+                    &out,
+                    &mut reporter,
+                    &mut cancel,
+                )
+                .await?
             }
             _ if probe.audio.is_some() => {
                 self.audio_job(&input, &probe, &out, &mut reporter, &mut cancel)
                     .await?
             }
-            _ => return Err(MediaError::NotMedia("no audio stream for an audio profile".into())),
+            _ => {
+                return Err(MediaError::NotMedia(
+                    "no audio stream for an audio profile".into(),
+                ));
+            }
         };
         reporter.stage("uploading", ENCODE_SHARE + 5.0);
         let prefix = req.prefix.clone().unwrap_or(format!("media/{safe_id}"));
@@ -290,10 +308,7 @@ impl Transcoder {
         payload.insert("media_id".into(), json!(req.media_id));
         payload.insert("user_id".into(), json!(req.user_id));
         payload.insert("storage".into(), json!(self.storage.kind()));
-        payload.insert(
-            "bytes".into(),
-            json!(sizes.values().sum::<u64>()),
-        );
+        payload.insert("bytes".into(), json!(sizes.values().sum::<u64>()));
         Ok(payload)
     }
 
@@ -312,9 +327,11 @@ impl Transcoder {
             let real = std::fs::canonicalize(local)
                 .map_err(|e| MediaError::Input(format!("{file_path}: {e}")))?;
             let allowed = self.config.input_dirs.is_empty()
-                || self.config.input_dirs.iter().any(|d| {
-                    std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(d))
-                });
+                || self
+                    .config
+                    .input_dirs
+                    .iter()
+                    .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(d)));
             if !allowed {
                 return Err(MediaError::Input(format!(
                     "{file_path} is outside media.input_dirs"
@@ -360,7 +377,10 @@ impl Transcoder {
     }
 
     fn video_codec(&self, req: &Request) -> Result<Codec, MediaError> {
-        let name = req.video_codec.as_deref().unwrap_or(&self.config.video_codec);
+        let name = req
+            .video_codec
+            .as_deref()
+            .unwrap_or(&self.config.video_codec);
         Codec::parse(name).ok_or_else(|| MediaError::UnsupportedCodec {
             codec: name.to_string(),
             available: self.encoders.video_codecs().join(", "),
@@ -411,16 +431,34 @@ impl Transcoder {
             };
             let dir = out.join("hls").join(&r.name);
             mkdir(&dir)?;
-            a.add(["-map".to_string(), format!("[v{i}]"), "-an".into(), "-sn".into()]);
-            a.add(ladder::video_encoder_args(&encoder, r, &c.preset, gop_frames, c.gop_s));
-            a.add(ladder::hls_args(&dir.display().to_string(), c.segment_s, fmp4));
+            a.add([
+                "-map".to_string(),
+                format!("[v{i}]"),
+                "-an".into(),
+                "-sn".into(),
+            ]);
+            a.add(ladder::video_encoder_args(
+                &encoder, r, &c.preset, gop_frames, c.gop_s,
+            ));
+            a.add(ladder::hls_args(
+                &dir.display().to_string(),
+                c.segment_s,
+                fmp4,
+            ));
         }
         if probe.audio.is_some() {
             let dir = out.join("hls").join("audio");
             mkdir(&dir)?;
             a.add(["-map", "0:a:0", "-vn", "-sn", "-ac", "2"]);
-            a.add(ladder::audio_encoder_args(self.encoders.audio("aac")?, c.audio_bitrate_k));
-            a.add(ladder::hls_args(&dir.display().to_string(), c.segment_s, fmp4));
+            a.add(ladder::audio_encoder_args(
+                self.encoders.audio("aac")?,
+                c.audio_bitrate_k,
+            ));
+            a.add(ladder::hls_args(
+                &dir.display().to_string(),
+                c.segment_s,
+                fmp4,
+            ));
         }
         Ok((a.0, used_hw))
     }
@@ -461,7 +499,10 @@ impl Transcoder {
         let audio = if probe.audio.is_some() {
             let dir = hls.join("audio");
             let info = stream_info(&c.ffprobe, &dir.join("playlist.m3u8")).await?;
-            Some((hls::measure(&dir)?, hls::codec_string(&info.0, &info.1, info.2, 0)))
+            Some((
+                hls::measure(&dir)?,
+                hls::codec_string(&info.0, &info.1, info.2, 0),
+            ))
         } else {
             None
         };
@@ -469,9 +510,16 @@ impl Transcoder {
         for r in &rungs {
             let dir = hls.join(&r.name);
             let info = stream_info(&c.ffprobe, &dir.join("playlist.m3u8")).await?;
-            variants.push((r, hls::measure(&dir)?, hls::codec_string(&info.0, &info.1, info.2, r.height)));
+            variants.push((
+                r,
+                hls::measure(&dir)?,
+                hls::codec_string(&info.0, &info.1, info.2, r.height),
+            ));
         }
-        let uris: Vec<String> = rungs.iter().map(|r| format!("{}/playlist.m3u8", r.name)).collect();
+        let uris: Vec<String> = rungs
+            .iter()
+            .map(|r| format!("{}/playlist.m3u8", r.name))
+            .collect();
         let master = hls::video_master(
             &variants
                 .iter()
@@ -485,12 +533,15 @@ impl Transcoder {
                     codecs,
                 })
                 .collect::<Vec<_>>(),
-            audio.as_ref().map(|(m, codecs)| hls::AudioGroup {
-                uri: "audio/playlist.m3u8",
-                measured: *m,
-                codecs,
-                channels: 2,
-            }).as_ref(),
+            audio
+                .as_ref()
+                .map(|(m, codecs)| hls::AudioGroup {
+                    uri: "audio/playlist.m3u8",
+                    measured: *m,
+                    codecs,
+                    channels: 2,
+                })
+                .as_ref(),
         );
         std::fs::write(hls.join("master.m3u8"), master).map_err(io(&hls))?;
 
@@ -499,7 +550,8 @@ impl Transcoder {
             .filter(|r| c.mp4_rungs.iter().any(|n| n == "all" || *n == r.name))
             .collect();
         if !mp4.is_empty() {
-            self.remux_mp4(&mp4, &hls, audio.is_some(), &out.join("mp4"), cancel).await?;
+            self.remux_mp4(&mp4, &hls, audio.is_some(), &out.join("mp4"), cancel)
+                .await?;
         }
         reporter.stage("thumbnails", ENCODE_SHARE + 3.0);
         let thumbs = self
@@ -507,7 +559,9 @@ impl Transcoder {
             .await?;
 
         let mut ready = Ready::default();
-        ready.fields.insert("duration".into(), json!(round3(probe.duration)));
+        ready
+            .fields
+            .insert("duration".into(), json!(round3(probe.duration)));
         ready.fields.insert(
             "resolutions".into(),
             json!(rungs.iter().map(|r| r.name.clone()).collect::<Vec<_>>()),
@@ -540,7 +594,10 @@ impl Transcoder {
                     "bitrate": m.average_bps, "peak_bitrate": m.peak_bps, "segments": m.segments}),
             });
         }
-        ready.mp4 = mp4.iter().map(|r| (r.name.clone(), format!("mp4/{}.mp4", r.name))).collect();
+        ready.mp4 = mp4
+            .iter()
+            .map(|r| (r.name.clone(), format!("mp4/{}.mp4", r.name)))
+            .collect();
         ready.thumbs = thumbs;
         Ok(ready)
     }
@@ -556,10 +613,19 @@ impl Transcoder {
         mkdir(dir)?;
         let mut a = Args::new();
         for r in rungs {
-            a.add(["-i".to_string(), hls.join(&r.name).join("playlist.m3u8").display().to_string()]);
+            a.add([
+                "-i".to_string(),
+                hls.join(&r.name)
+                    .join("playlist.m3u8")
+                    .display()
+                    .to_string(),
+            ]);
         }
         if with_audio {
-            a.add(["-i".to_string(), hls.join("audio/playlist.m3u8").display().to_string()]);
+            a.add([
+                "-i".to_string(),
+                hls.join("audio/playlist.m3u8").display().to_string(),
+            ]);
         }
         for (i, r) in rungs.iter().enumerate() {
             a.add(["-map".to_string(), format!("{i}:v:0")]);
@@ -598,24 +664,33 @@ impl Transcoder {
         let d = probe.duration;
         let n = c.thumbnails;
         let tile_w = c.sprite_width;
-        let tile_h = ((tile_w as f64 * from.height as f64 / from.width as f64 / 2.0).round() as u32).max(1) * 2;
+        let tile_h =
+            ((tile_w as f64 * from.height as f64 / from.width as f64 / 2.0).round() as u32).max(1)
+                * 2;
         let tiles = (d / c.sprite_interval_s as f64).ceil().max(1.0) as u32;
         let cols = c.sprite_columns;
         let rows = tiles.div_ceil(cols).clamp(1, cols);
+        // `select` rather than `fps`: it keeps the first frame of a clip shorter
+        // than one interval, and picks frames by their own timestamps.
         let mut graph = format!(
-            "[0:v]split=3[a][b][c];[b]fps=1/{}:round=down,scale={tile_w}:{tile_h},tile={cols}x{rows}[sprite];[c]trim=end={},blackdetect=d=0.1:pix_th=0.10,nullsink",
+            "[0:v]split=3[a][b][c];[b]select='isnan(prev_selected_t)+gte(t-prev_selected_t,{})',scale={tile_w}:{tile_h},tile={cols}x{rows}[sprite];[c]trim=end={},blackdetect=d=0.1:pix_th=0.10,nullsink",
             c.sprite_interval_s,
             d.min(30.0)
         );
         let mut a = Args::new();
-        a.add(["-i".to_string(), hls.join(&from.name).join("playlist.m3u8").display().to_string()]);
+        a.add([
+            "-i".to_string(),
+            hls.join(&from.name)
+                .join("playlist.m3u8")
+                .display()
+                .to_string(),
+        ]);
         if n > 0 {
+            // One frame at the middle of each of n equal spans.
             let step = d / n as f64;
             graph = format!(
-                "{graph};[a]trim=start={:.3},setpts=PTS-STARTPTS,fps={}/{:.3},scale={}:-2[thumbs]",
+                "{graph};[a]select='isnan(prev_selected_t)*gte(t,{:.3})+gte(t-prev_selected_t,{step:.3})',scale={}:-2[thumbs]",
                 step / 2.0,
-                n,
-                d,
                 c.thumbnail_width
             );
         } else {
@@ -633,13 +708,30 @@ impl Transcoder {
         let black = ffmpeg::leading_black_end(&run.filter_logs).unwrap_or(0.0);
         let at = (black + (d * 0.05).min(1.0)).min((d - 0.1).max(0.0));
         let mut p = Args::new();
-        p.add(["-ss".to_string(), format!("{at:.3}"), "-i".into(), input.display().to_string()]);
-        p.add(["-frames:v", "1", "-vf", "scale='min(1920,iw)':-2", "-q:v", "2"]);
+        p.add([
+            "-ss".to_string(),
+            format!("{at:.3}"),
+            "-i".into(),
+            input.display().to_string(),
+        ]);
+        p.add([
+            "-frames:v",
+            "1",
+            "-vf",
+            "scale='min(1920,iw)':-2",
+            "-q:v",
+            "2",
+        ]);
         p.add([dir.join("poster.jpg").display().to_string()]);
         ffmpeg::run(&c.ffmpeg, &p.0, |_| {}, cancel).await?;
-        let vtt = hls::sprite_vtt(d, c.sprite_interval_s, (tile_w, tile_h), cols, cols * rows, |i| {
-            format!("sprite_{i:03}.jpg")
-        });
+        let vtt = hls::sprite_vtt(
+            d,
+            c.sprite_interval_s,
+            (tile_w, tile_h),
+            cols,
+            cols * rows,
+            |i| format!("sprite_{i:03}.jpg"),
+        );
         std::fs::write(dir.join("sprite.vtt"), vtt).map_err(io(dir))?;
         Ok(Thumbs {
             poster: Some(black),
@@ -656,7 +748,10 @@ impl Transcoder {
     ) -> Result<Ready, MediaError> {
         let c = &self.config;
         let renditions = if c.audio.is_empty() {
-            vec![crate::config::AudioRendition { codec: "aac".into(), bitrate_k: c.audio_bitrate_k }]
+            vec![crate::config::AudioRendition {
+                codec: "aac".into(),
+                bitrate_k: c.audio_bitrate_k,
+            }]
         } else {
             c.audio.clone()
         };
@@ -673,7 +768,11 @@ impl Transcoder {
             mkdir(&dir)?;
             a.add(["-map", "0:a:0", "-vn", "-sn", "-dn"]);
             a.add(ladder::audio_encoder_args(encoder, r.bitrate_k));
-            a.add(ladder::hls_args(&dir.display().to_string(), c.segment_s, true));
+            a.add(ladder::hls_args(
+                &dir.display().to_string(),
+                c.segment_s,
+                true,
+            ));
             names.push((name.clone(), r.clone()));
             // One downloadable file per codec: its highest bitrate.
             let best = renditions
@@ -700,7 +799,11 @@ impl Transcoder {
         for (name, _) in &names {
             let dir = hls.join(name);
             let info = stream_info(&c.ffprobe, &dir.join("playlist.m3u8")).await?;
-            variants.push((format!("{name}/playlist.m3u8"), hls::measure(&dir)?, hls::codec_string(&info.0, &info.1, info.2, 0)));
+            variants.push((
+                format!("{name}/playlist.m3u8"),
+                hls::measure(&dir)?,
+                hls::codec_string(&info.0, &info.1, info.2, 0),
+            ));
         }
         let master = hls::audio_master(
             &variants
@@ -710,7 +813,9 @@ impl Transcoder {
         );
         std::fs::write(hls.join("master.m3u8"), master).map_err(io(&hls))?;
         let mut ready = Ready::default();
-        ready.fields.insert("duration".into(), json!(round3(probe.duration)));
+        ready
+            .fields
+            .insert("duration".into(), json!(round3(probe.duration)));
         ready.fields.insert("resolutions".into(), json!([]));
         ready.fields.insert("audio_only".into(), json!(true));
         ready.hls_master = Some("hls/master.m3u8".into());
@@ -726,7 +831,12 @@ impl Transcoder {
         }
         ready.downloads = downloaded
             .iter()
-            .map(|codec| (codec.clone(), format!("audio/{codec}.{}", ladder::audio_extension(codec))))
+            .map(|codec| {
+                (
+                    codec.clone(),
+                    format!("audio/{codec}.{}", ladder::audio_extension(codec)),
+                )
+            })
             .collect();
         Ok(ready)
     }
@@ -740,13 +850,26 @@ async fn pick_hw(c: &MediaConfig, encoders: &Encoders) -> Option<Hw> {
         name => Hw::parse(name).into_iter().collect(),
     };
     for hw in wanted {
-        let Some(encoder) = hw.encoder(Codec::H264) else { continue };
+        let Some(encoder) = hw.encoder(Codec::H264) else {
+            continue;
+        };
         if !encoders.available.contains(&encoder) {
-            tracing::warn!(hw = hw.name(), "media.hwaccel: this ffmpeg has no {encoder}");
+            tracing::warn!(
+                hw = hw.name(),
+                "media.hwaccel: this ffmpeg has no {encoder}"
+            );
             continue;
         }
         let test = tokio::process::Command::new(&c.ffmpeg)
-            .args(["-hide_banner", "-v", "error", "-f", "lavfi", "-i", "color=s=256x256:d=0.2"])
+            .args([
+                "-hide_banner",
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "color=s=256x256:d=0.2",
+            ])
             .args(["-c:v", &encoder, "-f", "null", "-"])
             .output()
             .await;
@@ -760,7 +883,9 @@ async fn pick_hw(c: &MediaConfig, encoders: &Encoders) -> Option<Hw> {
                 error = %String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""),
                 "hardware encoder unusable; encoding in software"
             ),
-            Err(e) => tracing::warn!(hw = hw.name(), error = %e, "cannot test the hardware encoder"),
+            Err(e) => {
+                tracing::warn!(hw = hw.name(), error = %e, "cannot test the hardware encoder")
+            }
         }
     }
     None
@@ -779,7 +904,10 @@ async fn stream_info(ffprobe: &str, file: &Path) -> Result<(String, String, i64)
     let s = &v["streams"][0];
     let codec = s["codec_name"].as_str().unwrap_or("").to_string();
     if codec.is_empty() {
-        return Err(MediaError::Ffmpeg(format!("{} has no readable stream", file.display())));
+        return Err(MediaError::Ffmpeg(format!(
+            "{} has no readable stream",
+            file.display()
+        )));
     }
     Ok((
         codec,
@@ -822,13 +950,24 @@ struct Reporter<'a> {
 
 impl<'a> Reporter<'a> {
     fn new(every_ms: u64, sink: &'a mut (dyn FnMut(Progress) + Send)) -> Reporter<'a> {
-        Reporter { every: Duration::from_millis(every_ms), last: None, stage: "", sink }
+        Reporter {
+            every: Duration::from_millis(every_ms),
+            last: None,
+            stage: "",
+            sink,
+        }
     }
 
     fn stage(&mut self, stage: &'static str, percent: f64) {
         self.stage = stage;
         self.last = Some(Instant::now());
-        (self.sink)(Progress { stage, percent, fps: 0.0, speed: 0.0, eta_s: None });
+        (self.sink)(Progress {
+            stage,
+            percent,
+            fps: 0.0,
+            speed: 0.0,
+            eta_s: None,
+        });
     }
 
     fn encoding(&mut self, t: Tick, duration: f64) {
@@ -881,17 +1020,26 @@ impl Ready {
         let url = |rel: &str| storage.url(&key(rel));
         let size_under = |rel: &str| -> u64 {
             let start = key(rel);
-            sizes.range(start.clone()..).take_while(|(k, _)| k.starts_with(&start)).map(|(_, s)| s).sum()
+            sizes
+                .range(start.clone()..)
+                .take_while(|(k, _)| k.starts_with(&start))
+                .map(|(_, s)| s)
+                .sum()
         };
         let mut playback = Map::new();
         if let Some(m) = &self.hls_master {
             playback.insert("hls".into(), json!(url(m)));
         }
         if !self.mp4.is_empty() {
-            let mp4: Map<String, Value> = self.mp4.iter().map(|(n, k)| (n.clone(), json!(url(k)))).collect();
+            let mp4: Map<String, Value> = self
+                .mp4
+                .iter()
+                .map(|(n, k)| (n.clone(), json!(url(k))))
+                .collect();
             playback.insert("mp4".into(), Value::Object(mp4));
         }
-        self.fields.insert("playback_urls".into(), Value::Object(playback));
+        self.fields
+            .insert("playback_urls".into(), Value::Object(playback));
         let renditions: Vec<Value> = self
             .renditions
             .iter()
@@ -908,8 +1056,15 @@ impl Ready {
             .collect();
         self.fields.insert("renditions".into(), json!(renditions));
         if !self.downloads.is_empty() {
-            let d: Map<String, Value> = self.downloads.iter().map(|(c, k)| (c.clone(), json!(url(k)))).collect();
-            self.fields.insert("audio_urls".into(), json!({"hls": self.hls_master.as_deref().map(url), "downloads": d}));
+            let d: Map<String, Value> = self
+                .downloads
+                .iter()
+                .map(|(c, k)| (c.clone(), json!(url(k))))
+                .collect();
+            self.fields.insert(
+                "audio_urls".into(),
+                json!({"hls": self.hls_master.as_deref().map(url), "downloads": d}),
+            );
         }
         let thumbs: Vec<String> = sizes
             .keys()
@@ -918,15 +1073,18 @@ impl Ready {
             .collect();
         self.fields.insert("thumbnail_urls".into(), json!(thumbs));
         if let Some(black) = self.thumbs.poster {
-            self.fields.insert("poster_url".into(), json!(url("thumbnails/poster.jpg")));
-            self.fields.insert("poster_skipped_black_s".into(), json!(round3(black)));
+            self.fields
+                .insert("poster_url".into(), json!(url("thumbnails/poster.jpg")));
+            self.fields
+                .insert("poster_skipped_black_s".into(), json!(round3(black)));
             let sprites: Vec<String> = sizes
                 .keys()
                 .filter(|k| k.starts_with(&key("thumbnails/sprite_")))
                 .map(|k| storage.url(k))
                 .collect();
             self.fields.insert("sprite_urls".into(), json!(sprites));
-            self.fields.insert("thumbnails_vtt".into(), json!(url("thumbnails/sprite.vtt")));
+            self.fields
+                .insert("thumbnails_vtt".into(), json!(url("thumbnails/sprite.vtt")));
         }
     }
 }

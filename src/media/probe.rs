@@ -226,9 +226,18 @@ mod tests {
         assert!(p.video.is_none());
         assert_eq!(p.duration, 3.0);
         for (json, why) in [
-            (&br#"{"streams":[],"format":{"duration":"1"}}"#[..], "no audio or video"),
-            (br#"{"streams":[{"codec_type":"audio"}],"format":{}}"#, "no duration"),
-            (br#"{"streams":[{"codec_type":"video"}],"format":{}}"#, "without a size"),
+            (
+                &br#"{"streams":[],"format":{"duration":"1"}}"#[..],
+                "no audio or video",
+            ),
+            (
+                br#"{"streams":[{"codec_type":"audio"}],"format":{}}"#,
+                "no duration",
+            ),
+            (
+                br#"{"streams":[{"codec_type":"video"}],"format":{}}"#,
+                "without a size",
+            ),
             (b"not json", "unreadable"),
         ] {
             let e = parse(json).unwrap_err().to_string();

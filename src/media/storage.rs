@@ -15,7 +15,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
-use object_store::{Attribute, Attributes, BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig,
+};
 use tokio::io::AsyncWriteExt;
 
 use super::MediaError;
@@ -81,7 +83,10 @@ impl Storage {
         } else if c.path_style {
             format!("{}/{}", c.endpoint.trim_end_matches('/'), c.bucket)
         } else {
-            let (scheme, host) = c.endpoint.split_once("://").unwrap_or(("https", &c.endpoint));
+            let (scheme, host) = c
+                .endpoint
+                .split_once("://")
+                .unwrap_or(("https", &c.endpoint));
             format!("{scheme}://{}.{}", c.bucket, host.trim_end_matches('/'))
         };
         Ok(Storage {
@@ -124,7 +129,11 @@ impl Storage {
     }
 
     /// Upload every file under `dir` to `prefix/<relative path>`; returns keys and sizes.
-    pub async fn upload_dir(&self, dir: &Path, prefix: &str) -> Result<Vec<(String, u64)>, MediaError> {
+    pub async fn upload_dir(
+        &self,
+        dir: &Path,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64)>, MediaError> {
         let mut files = Vec::new();
         collect_files(dir, dir, &mut files)?;
         files.sort();
@@ -157,9 +166,12 @@ impl Storage {
     }
 
     async fn try_upload(&self, file: &Path, key: &str) -> Result<u64, String> {
-        let mut input = tokio::fs::File::open(file).await.map_err(|e| e.to_string())?;
-        let mut writer = BufWriter::with_capacity(self.store.clone(), Key::from(key), self.part_bytes)
-            .with_max_concurrency(4);
+        let mut input = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut writer =
+            BufWriter::with_capacity(self.store.clone(), Key::from(key), self.part_bytes)
+                .with_max_concurrency(4);
         if self.s3 {
             let mut attributes = Attributes::new();
             attributes.insert(Attribute::ContentType, content_type(key).into());
@@ -214,7 +226,9 @@ impl Storage {
             .filter_map(|m| async move { m.ok().map(|m| Ok(m.location)) })
             .collect()
             .await;
-        let mut deleted = self.store.delete_stream(futures_util::stream::iter(keys).boxed());
+        let mut deleted = self
+            .store
+            .delete_stream(futures_util::stream::iter(keys).boxed());
         while let Some(r) = deleted.next().await {
             if let Err(e) = r {
                 tracing::warn!(error = %e, "cleanup of a partial upload failed");
@@ -224,7 +238,8 @@ impl Storage {
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), MediaError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| MediaError::Io(format!("{}: {e}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| MediaError::Io(format!("{}: {e}", dir.display())))?;
     for entry in entries {
         let entry = entry.map_err(|e| MediaError::Io(e.to_string()))?;
         let path = entry.path();

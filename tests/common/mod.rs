@@ -6,6 +6,7 @@ pub mod binary;
 pub mod jobs;
 pub mod nats;
 pub mod redis;
+pub mod s3;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -144,7 +144,10 @@ impl S3Server {
             .unwrap();
         let status = resp.status();
         let xml = resp.text().await.unwrap();
-        assert!(status.is_success(), "list {bucket}/{prefix}: {status} {xml}");
+        assert!(
+            status.is_success(),
+            "list {bucket}/{prefix}: {status} {xml}"
+        );
         assert!(
             !xml.contains("<IsTruncated>true</IsTruncated>"),
             "list {bucket}/{prefix}: more than one page"
