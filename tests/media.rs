@@ -877,3 +877,32 @@ async fn large_files_go_up_in_parts_through_failures() {
     assert_eq!(proxy.injected(), 1);
     assert_eq!(s3.get("big", "media/x/mp4/big.bin").await.unwrap(), data);
 }
+
+#[tokio::test]
+async fn a_job_the_bridge_gives_up_on_is_stopped() {
+    let (node, _src, input) = slow_node(|c| {
+        c.bus.job_timeout_s = 2;
+        c.bus.max_deliver = 1;
+    })
+    .await;
+    let mut failed = subscribe(&node, "media.failed").await;
+    upload(&node, "t1", &input.display().to_string()).await;
+    let event = next(&mut failed).await;
+    assert_eq!(event["payload"]["reason"], "job timed out");
+    let work = node.config.server.data_dir.join("media-work");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (ffmpeg_running_in(&work) || std::fs::read_dir(&work).unwrap().count() > 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !ffmpeg_running_in(&work),
+        "the transcode stopped with the job"
+    );
+    assert_eq!(
+        std::fs::read_dir(&work).unwrap().count(),
+        0,
+        "its files removed"
+    );
+}

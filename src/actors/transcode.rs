@@ -76,7 +76,9 @@ impl MediaService {
         progress: ProgressSink,
     ) -> Result<Map<String, Value>, MediaError> {
         let (reply, result) = oneshot::channel();
+        let id = NEXT_SUBMISSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let submission = Submission {
+            id,
             request,
             progress,
             reply,
@@ -88,15 +90,39 @@ impl MediaService {
         };
         sup.cast(TranscodeMsg::Submit(Box::new(submission)))
             .map_err(|_| MediaError::Tool("transcode supervisor is not running".into()))?;
-        result
+        // The bridge may give up on the job (job_timeout_s, node stopping): then
+        // this future is dropped, and the transcode must stop too.
+        let abandon = Abandon(Some((sup, id)));
+        let answer = result
             .await
-            .unwrap_or_else(|_| Err(MediaError::Tool("transcode supervisor stopped".into())))
+            .unwrap_or_else(|_| Err(MediaError::Tool("transcode supervisor stopped".into())));
+        abandon.disarm();
+        answer
     }
 
     /// Cancel the job of `media_id`, queued or running.
     pub fn cancel(&self, media_id: &str) {
         if let Some(sup) = self.supervisor() {
             let _ = sup.cast(TranscodeMsg::Cancel(media_id.to_string()));
+        }
+    }
+}
+
+static NEXT_SUBMISSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Tells the supervisor a submission's waiter is gone, unless disarmed.
+struct Abandon(Option<(ActorRef<TranscodeMsg>, u64)>);
+
+impl Abandon {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some((sup, id)) = self.0.take() {
+            let _ = sup.cast(TranscodeMsg::Abandoned(id));
         }
     }
 }
@@ -142,6 +168,7 @@ impl JobHandler for MediaJobs {
 
 /// One job waiting for, or holding, a slot.
 pub struct Submission {
+    id: u64,
     request: Request,
     progress: ProgressSink,
     reply: Answer,
@@ -150,6 +177,8 @@ pub struct Submission {
 pub enum TranscodeMsg {
     Submit(Box<Submission>),
     Cancel(String),
+    /// Nobody waits for this submission any more: stop it.
+    Abandoned(u64),
     /// Test and operations hook: media ids running, and queued.
     Jobs(ractor::RpcReplyPort<(Vec<String>, Vec<String>)>),
     /// Test hook: the actor running `media_id`.
@@ -163,6 +192,7 @@ type Answer = oneshot::Sender<Result<Map<String, Value>, MediaError>>;
 type Reply = Arc<Mutex<Option<Answer>>>;
 
 struct Running {
+    submission: u64,
     media_id: String,
     cancel: watch::Sender<bool>,
     reply: Reply,
@@ -197,6 +227,7 @@ impl TranscodeSupervisor {
             }
             let (cancel_tx, cancel_rx) = watch::channel(false);
             let media_id = sub.request.media_id.clone();
+            let submission = sub.id;
             let reply: Reply = Arc::new(Mutex::new(Some(sub.reply)));
             let args = JobArgs {
                 transcoder: state.service.transcoder.clone(),
@@ -210,6 +241,7 @@ impl TranscodeSupervisor {
                     state.running.insert(
                         actor.get_id(),
                         Running {
+                            submission,
                             media_id,
                             cancel: cancel_tx,
                             reply,
@@ -274,6 +306,14 @@ impl Actor for TranscodeSupervisor {
                     let _ = job.cancel.send(true);
                 }
                 tracing::info!(media_id, "transcode cancelled");
+                state.gauge();
+            }
+            TranscodeMsg::Abandoned(id) => {
+                state.queue.retain(|s| s.id != id);
+                for job in state.running.values().filter(|j| j.submission == id) {
+                    tracing::warn!(media_id = %job.media_id, "transcode abandoned (job timeout or stop); stopping it");
+                    let _ = job.cancel.send(true);
+                }
                 state.gauge();
             }
             TranscodeMsg::Jobs(reply) => {
