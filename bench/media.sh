@@ -61,7 +61,7 @@ echo "== input: ${DURATION} s of 1920x1080 30 fps + sine (libx264 ultrafast crf 
   -c:a aac -b:a 128k -shortest "$tmp/input.mp4"
 media_s=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$tmp/input.mp4" | awk '{ printf "%.2f", $1 }')
 
-# The parsing: the job's log (JSON lines, or text lines with args=...) → the ladder
+# The parsing: the job's log on stderr (JSON lines, or text lines with args=...) → the ladder
 # command, the naive commands (output root written as @OUT@), and stage times.
 cat >"$tmp/parse.py" <<'PY'
 import json, os, re, sys
@@ -207,7 +207,7 @@ run_job() {
     { echo "armoricore transcode failed:" >&2; tail -n 20 "$tmp/job-$r.err" "$tmp/job-$r.log" >&2; exit 1; }
   t1=$(now)
   add job "$(secs "$t0" "$t1")"
-  py stages "$tmp/job-$r.log" "$t0" "$t1" >"$tmp/stages-$r.json"
+  py stages "$tmp/job-$r.err" "$t0" "$t1" >"$tmp/stages-$r.json"
   add ladder_stage "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ladder"])' "$tmp/stages-$r.json")"
   rm -rf "$out"
 }
@@ -249,7 +249,7 @@ for r in $(seq "$RUNS"); do
   run_job "$r"
   if [ "$r" = 1 ]; then
     mkdir -p "$tmp/cmd"
-    py commands "$tmp/job-1.log" "$tmp/cmd" >"$tmp/renditions.txt"
+    py commands "$tmp/job-1.err" "$tmp/cmd" >"$tmp/renditions.txt"
     echo "   renditions: $(awk '{ printf "%s%s", (NR > 1 ? ", " : ""), $0 }' "$tmp/renditions.txt")" >&2
   fi
   echo "== round $r/$RUNS: (b) its ffmpeg ladder command" >&2

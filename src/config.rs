@@ -498,7 +498,24 @@ impl Config {
                 ));
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, rung) in m.rungs.iter().enumerate() {
+            if !names.insert(rung.name.clone()) {
+                return Err(invalid(
+                    &format!("media.rungs[{i}]"),
+                    format!("{:?} named twice", rung.name),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
         for (i, a) in m.audio.iter().enumerate() {
+            let name = crate::media::ladder::audio_name(a);
+            if !names.insert(name.clone()) {
+                return Err(invalid(
+                    &format!("media.audio[{i}]"),
+                    format!("{name} listed twice (same codec and bitrate)"),
+                ));
+            }
             let key = format!("media.audio[{i}].codec");
             one_of(&key, &a.codec, &["aac", "opus", "mp3", "flac", "vorbis"])?;
             if a.codec != "flac" && !(8..=512).contains(&a.bitrate_k) {
@@ -688,6 +705,18 @@ mod tests {
         );
         let e = Config::load_from(None, env(&[("ARMORICORE_BUS__BACKOFF_MS", "1,x")])).unwrap_err();
         assert!(e.to_string().starts_with("bus.backoff_ms:"), "{e}");
+        let e = Config::load_from(None, env(&[("ARMORICORE_MEDIA__SEGMENT_S", "5")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("media.segment_s: must be a multiple"),
+            "{e}"
+        );
+        let e = Config::load_from(None, env(&[("ARMORICORE_MEDIA__VIDEO_CODEC", "mpeg2")]))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("media.video_codec:"), "{e}");
+        let e = Config::load_from(None, env(&[("OBJECT_STORAGE_ENDPOINT", "http://s3:9000")]))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("storage.bucket: required"), "{e}");
     }
 
     #[test]
@@ -701,6 +730,17 @@ mod tests {
         let e = Config::load_from(Some(&path), std::iter::empty()).unwrap_err();
         assert!(
             e.to_string().starts_with("socket.max_chanels: unknown key"),
+            "{e}"
+        );
+        std::fs::write(
+            &path,
+            "[media]\naudio = [{ codec = \"flac\", bitrate_k = 0 }, { codec = \"flac\", bitrate_k = 1 }]\n",
+        )
+        .unwrap();
+        let e = Config::load_from(Some(&path), std::iter::empty()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("media.audio[1]: flac listed twice"),
             "{e}"
         );
         std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();

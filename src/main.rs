@@ -114,8 +114,15 @@ async fn main() -> anyhow::Result<()> {
             codec,
             quiet,
         } => {
-            if std::env::var_os("RUST_LOG").is_some() {
-                init_logging(&config, format);
+            if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+                // On stderr: stdout carries the media.ready JSON.
+                let logs = tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_writer(std::io::stderr);
+                match format {
+                    LogFormat::Json => logs.json().init(),
+                    LogFormat::Text => logs.init(),
+                }
             }
             transcode(&config, input, output, profile, codec, quiet).await
         }

@@ -152,7 +152,10 @@ async fn with_media(
             (jobs, Some(service))
         }
         Err(e) => {
-            tracing::warn!(error = %e, "transcoding off: media.uploaded is left to other workers");
+            tracing::warn!(
+                error = %e,
+                "transcoding off: media.uploaded is answered not_supported (or left to other workers with bus.answer_unsupported = false)"
+            );
             (jobs, None)
         }
     }

@@ -906,3 +906,27 @@ async fn a_job_the_bridge_gives_up_on_is_stopped() {
         "its files removed"
     );
 }
+
+#[tokio::test]
+async fn a_failing_hardware_encoder_falls_back_to_software() {
+    use armoricore::media::ladder::Hw;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    make_input(&input, Some("testsrc2=s=320x240:r=10"), false, 1.0, &[]);
+    // Asked for at start: the test encode fails here (no GPU), so software it is.
+    let (t, _) = transcoder(dir.path(), |c| c.media.hwaccel = "auto".into()).await;
+    assert_eq!(t.encoders().hw, None);
+    // Forced: the job's NVENC encode fails, and it is run again in software.
+    assert!(
+        t.encoders().available.contains("h264_nvenc"),
+        "Debian's ffmpeg lists NVENC"
+    );
+    let t = t.force_hw(Some(Hw::Nvenc));
+    let ready = run(&t, &request("hw", &input)).await.unwrap();
+    assert_eq!(ready["renditions"][0]["codec"], "h264");
+    let v = stream(
+        &dir.path().join("media/media/hw/hls/240p/playlist.m3u8"),
+        "video",
+    );
+    assert_eq!(v["codec_name"], "h264");
+}

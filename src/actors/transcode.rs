@@ -371,15 +371,21 @@ impl Actor for TranscodeSupervisor {
 
     async fn post_stop(
         &self,
-        myself: ActorRef<TranscodeMsg>,
+        _myself: ActorRef<TranscodeMsg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        // Running jobs die with us (their ffmpeg killed, files removed); the
-        // bridge hands their deliveries back.
+        // Running jobs die with us (their ffmpeg killed and files removed as
+        // their futures drop); their submitters hear a retryable failure, so the
+        // bus runs them again (here once restarted, or on another node).
         for job in state.running.values() {
-            let _ = job.cancel.send(true);
+            if let Some(answer) = job.reply.lock().take() {
+                let _ = answer.send(Err(MediaError::Crashed(
+                    "transcode supervisor stopped".into(),
+                )));
+            }
+            // A kill interrupts the running transcode (a stop would wait for it).
+            job.cell.kill();
         }
-        myself.stop_children(None);
         state.running.clear();
         state.queue.clear();
         state.gauge();

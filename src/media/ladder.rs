@@ -87,6 +87,25 @@ impl Hw {
         }
     }
 
+    /// Options opening the device, placed before the input (VAAPI and QSV
+    /// encode frames that live on the device).
+    pub fn device_args(self) -> &'static [&'static str] {
+        match self {
+            Hw::Vaapi => &["-vaapi_device", "/dev/dri/renderD128"],
+            Hw::Qsv => &["-init_hw_device", "qsv=hw", "-filter_hw_device", "hw"],
+            Hw::Nvenc | Hw::VideoToolbox => &[],
+        }
+    }
+
+    /// Filters ending a rung's chain that move its frames to the device.
+    pub fn upload_filter(self) -> &'static str {
+        match self {
+            Hw::Vaapi => ",format=nv12,hwupload",
+            Hw::Qsv => ",hwupload=extra_hw_frames=64,format=qsv",
+            Hw::Nvenc | Hw::VideoToolbox => "",
+        }
+    }
+
     /// The encoder of `codec` in this family, e.g. `hevc_nvenc`.
     pub fn encoder(self, codec: Codec) -> Option<String> {
         let c = match codec {
@@ -171,7 +190,7 @@ impl Encoders {
             .find(|e| self.has(e))
             .ok_or_else(|| MediaError::UnsupportedCodec {
                 codec: codec.into(),
-                available: "see `ffmpeg -encoders`".into(),
+                available: format!("no encoder for it (looked for {})", candidates.join(", ")),
             })
     }
 }

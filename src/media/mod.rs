@@ -212,6 +212,13 @@ impl Transcoder {
         &self.encoders
     }
 
+    /// Use a hardware family without the start-up test encode (tests: a family
+    /// that fails on this machine exercises the software fallback).
+    pub fn force_hw(mut self, hw: Option<Hw>) -> Transcoder {
+        self.encoders.hw = hw;
+        self
+    }
+
     /// Where running jobs keep their temporary files.
     pub fn work_root(&self) -> &Path {
         &self.work_root
@@ -297,7 +304,10 @@ impl Transcoder {
         let uploaded = match uploaded {
             Ok(u) => u,
             Err(e) => {
-                self.storage.delete_prefix(&prefix).await;
+                // A job's own prefix only: the CLI writes at the root of a directory.
+                if !prefix.is_empty() {
+                    self.storage.delete_prefix(&prefix).await;
+                }
                 return Err(e);
             }
         };
@@ -339,7 +349,11 @@ impl Transcoder {
             }
             return Ok(real);
         }
-        let key = file_path.trim_start_matches("s3://");
+        // `s3://<bucket>/<key>` names a key of the configured bucket.
+        let key = match file_path.strip_prefix("s3://") {
+            Some(rest) => rest.split_once('/').map_or(rest, |(_, key)| key),
+            None => file_path,
+        };
         self.storage.download(key, &dest, self.download_max).await?;
         Ok(dest)
     }
@@ -403,32 +417,45 @@ impl Transcoder {
             _ => rungs.iter().any(|r| r.codec.needs_fmp4()),
         };
         let gop_frames = ((fps * c.gop_s as f64).round() as u32).max(1);
+        // Above 60 fps, frames are dropped to 60 (the GOP and FRAME-RATE assume it).
+        let rate = if probe.video.as_ref().is_some_and(|v| v.fps > 60.5) {
+            "fps=60,"
+        } else {
+            ""
+        };
+        // Each rung's encoder: the hardware one when chosen and allowed.
+        let mut encoders = Vec::new();
+        for r in rungs {
+            let software = self.encoders.video(r.codec)?;
+            encoders.push(match self.encoders.hw.map(|h| (h, h.encoder(r.codec))) {
+                Some((h, Some(e))) if hardware && self.encoders.available.contains(&e) => {
+                    (e, Some(h))
+                }
+                _ => (software.to_string(), None),
+            });
+        }
+        let device = encoders.iter().find_map(|(_, h)| *h);
         let mut graph = if rungs.len() == 1 {
-            String::from("[0:v]null[s0];")
+            format!("[0:v]{rate}null[s0];")
         } else {
             let labels: String = (0..rungs.len()).map(|i| format!("[s{i}]")).collect();
-            format!("[0:v]split={}{labels};", rungs.len())
+            format!("[0:v]{rate}split={}{labels};", rungs.len())
         };
-        for (i, r) in rungs.iter().enumerate() {
+        for (i, (r, (_, hw))) in rungs.iter().zip(&encoders).enumerate() {
+            let upload = hw.map_or("", |h| h.upload_filter());
             graph.push_str(&format!(
-                "[s{i}]scale={}:{}:flags=bicubic,setsar=1,format=yuv420p[v{i}];",
+                "[s{i}]scale={}:{}:flags=bicubic,setsar=1,format=yuv420p{upload}[v{i}];",
                 r.width, r.height
             ));
         }
         graph.pop();
         let mut a = Args::new();
+        if let Some(h) = device {
+            a.add(h.device_args().iter().copied());
+        }
         a.add(["-i".to_string(), input.display().to_string()]);
         a.add(["-filter_complex".to_string(), graph]);
-        let mut used_hw = false;
-        for (i, r) in rungs.iter().enumerate() {
-            let software = self.encoders.video(r.codec)?;
-            let encoder = match self.encoders.hw.and_then(|h| h.encoder(r.codec)) {
-                Some(hw) if hardware && self.encoders.available.contains(&hw) => {
-                    used_hw = true;
-                    hw
-                }
-                _ => software.to_string(),
-            };
+        for (i, (r, (encoder, _))) in rungs.iter().zip(&encoders).enumerate() {
             let dir = out.join("hls").join(&r.name);
             mkdir(&dir)?;
             a.add([
@@ -438,7 +465,7 @@ impl Transcoder {
                 "-sn".into(),
             ]);
             a.add(ladder::video_encoder_args(
-                &encoder, r, &c.preset, gop_frames, c.gop_s,
+                encoder, r, &c.preset, gop_frames, c.gop_s,
             ));
             a.add(ladder::hls_args(
                 &dir.display().to_string(),
@@ -446,6 +473,7 @@ impl Transcoder {
                 fmp4,
             ));
         }
+        let used_hw = device.is_some();
         if probe.audio.is_some() {
             let dir = out.join("hls").join("audio");
             mkdir(&dir)?;
@@ -659,7 +687,7 @@ impl Transcoder {
         let from = rungs
             .iter()
             .rev()
-            .find(|r| r.height <= 720)
+            .find(|r| r.width.min(r.height) <= 720)
             .unwrap_or(&rungs[0]);
         let d = probe.duration;
         let n = c.thumbnails;
@@ -861,15 +889,10 @@ async fn pick_hw(c: &MediaConfig, encoders: &Encoders) -> Option<Hw> {
             continue;
         }
         let test = tokio::process::Command::new(&c.ffmpeg)
-            .args([
-                "-hide_banner",
-                "-v",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                "color=s=256x256:d=0.2",
-            ])
+            .args(["-hide_banner", "-v", "error"])
+            .args(hw.device_args())
+            .args(["-f", "lavfi", "-i", "color=s=256x256:d=0.2", "-vf"])
+            .arg(format!("format=yuv420p{}", hw.upload_filter()))
             .args(["-c:v", &encoder, "-f", "null", "-"])
             .output()
             .await;
