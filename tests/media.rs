@@ -930,3 +930,101 @@ async fn a_failing_hardware_encoder_falls_back_to_software() {
     );
     assert_eq!(v["codec_name"], "h264");
 }
+
+#[tokio::test]
+async fn vp9_and_av1_ladders_in_fmp4() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    make_input(
+        &input,
+        Some("testsrc2=s=640x360:r=10"),
+        true,
+        1.0,
+        &["-c:a", "aac"],
+    );
+    let (t, _) = transcoder(dir.path(), |c| {
+        c.media.thumbnails = 0;
+        c.media.mp4_rungs = vec![];
+    })
+    .await;
+    for (codec, name, prefix) in [("vp9", "vp9", "vp09.00."), ("av1", "av1", "av01.0.")] {
+        let mut req = request(codec, &input);
+        req.video_codec = Some(codec.into());
+        let ready = run(&t, &req).await.unwrap();
+        let root = dir.path().join(format!("media/media/{codec}/hls"));
+        let master = std::fs::read_to_string(root.join("master.m3u8")).unwrap();
+        assert!(master.contains(&format!("CODECS=\"{prefix}")), "{master}");
+        assert!(root.join("360p/init.mp4").exists(), "{codec} in fMP4");
+        assert_eq!(
+            stream(&root.join("360p/playlist.m3u8"), "video")["codec_name"],
+            name
+        );
+        assert_eq!(ready["renditions"][0]["codec"], codec);
+        assert_eq!(
+            ready["playback_urls"].get("mp4"),
+            None,
+            "no MP4 rungs configured"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_poster_skips_a_black_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=320x240:r=25:d=2",
+        ])
+        .args(["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=3"])
+        .args([
+            "-filter_complex",
+            "[0:v][1:v]concat=n=2:v=1[v]",
+            "-map",
+            "[v]",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (t, _) = transcoder(dir.path(), |_| {}).await;
+    let ready = run(&t, &request("p1", &input)).await.unwrap();
+    let skipped = ready["poster_skipped_black_s"].as_f64().unwrap();
+    assert!((1.9..=2.1).contains(&skipped), "{ready:?}");
+    // The poster is a picture, not black: its mean luma is well above black's 16.
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(dir.path().join("media/media/p1/thumbnails/poster.jpg"))
+        .args([
+            "-vf",
+            "signalstats,metadata=print:key=lavfi.signalstats.YAVG:file=-",
+            "-f",
+            "null",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let yavg: f64 = text
+        .split("lavfi.signalstats.YAVG=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no YAVG in {text}"));
+    assert!(yavg > 40.0, "poster mean luma {yavg}");
+}
