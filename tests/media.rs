@@ -514,14 +514,19 @@ async fn next(stream: &mut futures_util::stream::BoxStream<'static, Value>) -> V
 }
 
 async fn upload(node: &TestNode, media_id: &str, file_path: &str) {
-    let (status, body) = node
-        .api_post(
-            "/api/events",
-            &json!({"event_type": "media.uploaded", "payload": {"media_id": media_id, "user_id": "u1",
-                "file_path": file_path, "content_type": "video/mp4", "file_size": 1}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    let event = json!({"event_type": "media.uploaded", "payload": {"media_id": media_id,
+        "user_id": "u1", "file_path": file_path, "content_type": "video/mp4", "file_size": 1}});
+    // A node just started on NATS answers 503 until its streams exist.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = node.api_post("/api/events", &event).await;
+        if status == 503 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(status, 202, "{body}");
+        return;
+    }
 }
 
 /// Serve one file over HTTP/1.0, for `http://` inputs.
@@ -1027,4 +1032,55 @@ async fn the_poster_skips_a_black_opening() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no YAVG in {text}"));
     assert!(yavg > 40.0, "poster mean luma {yavg}");
+}
+
+#[tokio::test]
+async fn over_jetstream_a_stopping_node_hands_its_transcode_to_the_next() {
+    let nats = common::nats::NatsServer::start().await;
+    let url = nats.url();
+    let on_nats = |url: String| {
+        move |c: &mut Config| {
+            c.bus.url = url;
+            c.bus.ack_wait_ms = 2000;
+            c.bus.backoff_ms = vec![50];
+            c.media.preset = "veryslow".into();
+        }
+    };
+    let first = TestNode::start_with(on_nats(url.clone())).await;
+    let mut progress = subscribe(&first, "media.progress").await;
+    let src = tempfile::tempdir().unwrap();
+    let input = src.path().join("in.mp4");
+    make_input(
+        &input,
+        Some("testsrc2=s=1280x720:r=30"),
+        true,
+        20.0,
+        &["-c:a", "aac"],
+    );
+    upload(&first, "n1", &input.display().to_string()).await;
+    stage(&mut progress, "transcoding").await;
+    let first_work = first.config.server.data_dir.join("media-work");
+    assert!(ffmpeg_running_in(&first_work));
+
+    // SIGTERM-like stop: the job is handed back at once, its ffmpeg killed.
+    first.shutdown().await;
+    let second = TestNode::start_with(on_nats(url)).await;
+    let mut progress = subscribe(&second, "media.progress").await;
+    let mut failed = subscribe(&second, "media.failed").await;
+    let again = stage(&mut progress, "transcoding").await;
+    assert_eq!(
+        again["payload"]["media_id"], "n1",
+        "the second node runs it from the start"
+    );
+    assert!(
+        !ffmpeg_running_in(&first_work),
+        "the first node's ffmpeg is gone"
+    );
+    second
+        .api_post(
+            "/api/events",
+            &json!({"event_type": "media.cancel", "payload": {"media_id": "n1"}}),
+        )
+        .await;
+    assert_eq!(next(&mut failed).await["payload"]["reason"], "cancelled");
 }

@@ -206,6 +206,13 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
 
 /// The wait before redelivery `delivered` + 1, from the configured backoff list
 /// (its last value repeats).
+/// `initial` doubling per attempt (0 for the first retry), capped at `max`, plus up
+/// to 50 % jitter: reconnects and whole-file upload retries.
+pub fn exponential_backoff(initial: Duration, attempt: u32, max: Duration) -> Duration {
+    let capped = initial.saturating_mul(1 << attempt.min(20)).min(max);
+    capped + capped.mul_f64(rand::random::<f64>() * 0.5)
+}
+
 pub fn backoff(config: &BusConfig, delivered: u32) -> Duration {
     let i = (delivered.max(1) as usize - 1).min(config.backoff_ms.len().saturating_sub(1));
     Duration::from_millis(config.backoff_ms.get(i).copied().unwrap_or(1000))

@@ -64,9 +64,7 @@ impl Drop for NatsBus {
 
 /// Reconnect delays: 100 ms doubling to `max`, with up to 50 % jitter.
 fn reconnect_delay(attempts: usize, max: Duration) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1 << attempts.min(10) as u32);
-    let capped = base.min(max);
-    capped + capped.mul_f64(rand::random::<f64>() * 0.5)
+    super::exponential_backoff(Duration::from_millis(100), attempts.min(10) as u32, max)
 }
 
 impl NatsBus {

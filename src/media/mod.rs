@@ -71,11 +71,6 @@ impl MediaError {
     }
 }
 
-/// `d` ± 25 %.
-pub fn jittered(d: Duration) -> Duration {
-    d.mul_f64(0.75 + rand::random::<f64>() * 0.5)
-}
-
 /// What a job produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {

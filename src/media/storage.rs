@@ -156,7 +156,11 @@ impl Storage {
             match self.try_upload(file, key).await {
                 Ok(size) => return Ok(size),
                 Err(e) if attempt < FILE_ATTEMPTS => {
-                    let delay = super::jittered(Duration::from_millis(250) * 2u32.pow(attempt));
+                    let delay = crate::bus::exponential_backoff(
+                        Duration::from_millis(250),
+                        attempt,
+                        Duration::from_secs(5),
+                    );
                     tracing::warn!(key, attempt, error = %e, ?delay, "upload failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
