@@ -62,18 +62,28 @@ pub struct Hub {
     shutdown: watch::Sender<bool>,
 }
 
+/// What a node talks to besides its clients, each built by `Node::start`.
+pub struct Services {
+    pub bus: Arc<dyn Bus>,
+    pub jobs: Jobs,
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    pub media: Option<Arc<crate::actors::transcode::MediaService>>,
+}
+
 impl Hub {
-    #[allow(clippy::too_many_arguments)] // the node's parts, each built by Node::start
     pub fn new(
         config: Config,
         router: Router,
         verifier: Verifier,
         metrics: Arc<Metrics>,
-        bus: Arc<dyn Bus>,
-        jobs: Jobs,
-        cluster: Option<Arc<crate::cluster::Cluster>>,
-        media: Option<Arc<crate::actors::transcode::MediaService>>,
+        services: Services,
     ) -> Hub {
+        let Services {
+            bus,
+            jobs,
+            cluster,
+            media,
+        } = services;
         let outlet = Outlet::new(bus.clone(), config.bus.clone(), metrics.clone());
         let presence_outlet = config.bus.publish_presence.then(|| outlet.clone());
         let pubsub = Arc::new(PubSub::new(metrics.clone(), cluster.clone()));

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::actors::transcode::{MediaJobs, MediaService};
 use crate::channels::Router;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, Services};
 use crate::jobs::Jobs;
 use crate::media::Transcoder;
 use crate::metrics::Metrics;
@@ -207,9 +207,13 @@ impl Node {
             Some(Arc::new(c))
         };
         let (jobs, media) = with_media(&config, jobs, &metrics).await;
-        let hub = Arc::new(Hub::new(
-            config, router, verifier, metrics, bus, jobs, cluster, media,
-        ));
+        let services = Services {
+            bus,
+            jobs,
+            cluster,
+            media,
+        };
+        let hub = Arc::new(Hub::new(config, router, verifier, metrics, services));
         let args = RootArgs {
             hub: hub.clone(),
             listener: Arc::new(listener),
