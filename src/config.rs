@@ -455,15 +455,14 @@ impl Config {
                 "must be a multiple of media.gop_s (segments start on keyframes)",
             ));
         }
-        let codecs = ["h264", "h265", "vp9", "av1", "vvc"];
         for (key, value) in [
             ("media.video_codec", &m.video_codec),
             ("media.high_codec", &m.high_codec),
         ] {
-            if !codecs.contains(&value.as_str()) {
+            if crate::media::ladder::Codec::parse(value).is_none() {
                 return Err(invalid(
                     key,
-                    format!("expected one of {codecs:?}, got {value:?}"),
+                    format!("expected h264, h265, vp9, av1 or vvc, got {value:?}"),
                 ));
             }
         }
@@ -482,11 +481,18 @@ impl Config {
             &m.segment_type,
             &["auto", "ts", "fmp4"],
         )?;
-        one_of(
-            "media.hwaccel",
-            &m.hwaccel,
-            &["none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox"],
-        )?;
+        if !(m.hwaccel == "none"
+            || m.hwaccel == "auto"
+            || crate::media::ladder::Hw::parse(&m.hwaccel).is_some())
+        {
+            return Err(invalid(
+                "media.hwaccel",
+                format!(
+                    "expected none, auto, nvenc, vaapi, qsv or videotoolbox, got {:?}",
+                    m.hwaccel
+                ),
+            ));
+        }
         if m.rungs.is_empty() {
             return Err(invalid("media.rungs", "needs at least one rung"));
         }

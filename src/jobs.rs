@@ -53,6 +53,13 @@ pub enum Outcome {
 #[async_trait]
 pub trait JobHandler: Send + Sync + 'static {
     async fn run(&self, job: Job) -> Outcome;
+
+    /// Jobs this handler runs at once, if fewer than `bus.concurrency`: the
+    /// bridge takes no more than that off the bus, so the rest stay available to
+    /// other nodes and no job's timeout runs while it waits for a slot here.
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The handlers of this node, by work subject.

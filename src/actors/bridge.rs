@@ -432,7 +432,13 @@ async fn watch_backlog(bridge: Arc<Bridge>) {
 /// once, so fetches overlap instead of waiting for each other's round trips.
 async fn pull(bridge: Arc<Bridge>, subject: &'static str) {
     let hub = bridge.hub.clone();
-    let slots = hub.config.bus.concurrency;
+    let slots = hub
+        .jobs
+        .get(subject)
+        .and_then(|h| h.capacity())
+        .map_or(hub.config.bus.concurrency, |c| {
+            c.clamp(1, hub.config.bus.concurrency)
+        });
     let semaphore = Arc::new(Semaphore::new(slots));
     let wire = hub.outlet.wire_subject(subject);
     // Fetches run inside this task (not spawned), so dropping it drops them all.

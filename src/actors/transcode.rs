@@ -132,6 +132,10 @@ pub struct MediaJobs(pub Arc<MediaService>);
 
 #[async_trait]
 impl JobHandler for MediaJobs {
+    fn capacity(&self) -> Option<usize> {
+        Some(self.0.limit)
+    }
+
     async fn run(&self, job: Job) -> Outcome {
         let request = match Request::from_payload(&job.event.payload) {
             Ok(r) => r,
@@ -271,7 +275,7 @@ impl Actor for TranscodeSupervisor {
         service: Arc<MediaService>,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         // What jobs of an earlier run left behind (the node died mid-job).
-        service.transcoder.clean_work_root();
+        service.transcoder.clean_work_root().await;
         Ok(SupervisorState {
             service,
             queue: VecDeque::new(),

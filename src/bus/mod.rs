@@ -204,8 +204,6 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     subject_tokens.next().is_none()
 }
 
-/// The wait before redelivery `delivered` + 1, from the configured backoff list
-/// (its last value repeats).
 /// `initial` doubling per attempt (0 for the first retry), capped at `max`, plus up
 /// to 50 % jitter: reconnects and whole-file upload retries.
 pub fn exponential_backoff(initial: Duration, attempt: u32, max: Duration) -> Duration {
@@ -213,6 +211,8 @@ pub fn exponential_backoff(initial: Duration, attempt: u32, max: Duration) -> Du
     capped + capped.mul_f64(rand::random::<f64>() * 0.5)
 }
 
+/// The wait before redelivery `delivered` + 1, from the configured backoff list
+/// (its last value repeats).
 pub fn backoff(config: &BusConfig, delivered: u32) -> Duration {
     let i = (delivered.max(1) as usize - 1).min(config.backoff_ms.len().saturating_sub(1));
     Duration::from_millis(config.backoff_ms.get(i).copied().unwrap_or(1000))

@@ -86,19 +86,18 @@ pub async fn run(
                 _ => {}
             }
         }
-        let status = shared.lock().take().map(|mut c| c.wait());
+        let child = shared.lock().take();
+        let status = child.map(|mut c| c.wait());
         (status, errors, output)
     });
     let (status, errors, output) = loop {
         tokio::select! {
             Some(tick) = ticks.recv() => on_tick(tick),
             r = &mut done => break r.map_err(|e| MediaError::Tool(format!("ffmpeg reader: {e}")))?,
-            _ = cancel.changed() => {
-                if *cancel.borrow() {
-                    drop(reaper); // kills ffmpeg
-                    let _ = done.await;
-                    return Err(MediaError::Cancelled);
-                }
+            _ = cancelled(cancel) => {
+                drop(reaper); // kills ffmpeg
+                let _ = done.await;
+                return Err(MediaError::Cancelled);
             }
         }
     };
@@ -108,10 +107,16 @@ pub async fn run(
     }
     match status {
         Some(Ok(s)) if s.success() => Ok(output),
+        Some(Ok(s)) if s.code().is_none() => Err(MediaError::Tool(format!(
+            "ffmpeg was killed ({s}): out of memory?"
+        ))),
         Some(Ok(s)) => {
             let mut why: Vec<&str> = errors.iter().map(|e| e.trim()).collect();
             why.dedup();
             let tail = why[why.len().saturating_sub(3)..].join("; ");
+            if tail.contains("No space left on device") {
+                return Err(MediaError::Io(tail));
+            }
             Err(MediaError::Ffmpeg(if tail.is_empty() {
                 format!("ffmpeg exited with {s}")
             } else {
@@ -120,6 +125,18 @@ pub async fn run(
         }
         Some(Err(e)) => Err(MediaError::Tool(format!("ffmpeg: {e}"))),
         None => Err(MediaError::Cancelled),
+    }
+}
+
+/// Resolves once `cancel` says so; never when its sender is gone.
+pub async fn cancelled(cancel: &mut Cancel) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -57,8 +57,55 @@ pub fn measure(dir: &Path) -> Result<Measured, MediaError> {
     Ok(m)
 }
 
-/// The RFC 6381 `CODECS` name of a stream as ffprobe describes it.
-pub fn codec_string(codec: &str, profile: &str, level: i64, height: u32) -> String {
+/// Luma samples per second a picture size and rate need.
+fn sample_rate(width: u32, height: u32, fps: f64) -> f64 {
+    width as f64 * height as f64 * fps.max(1.0)
+}
+
+/// The smallest level whose luma sample rate covers `rate` (`table`: level, rate).
+fn level_for(table: &[(u32, f64)], rate: f64) -> u32 {
+    table
+        .iter()
+        .find(|(_, max)| rate <= *max)
+        .or(table.last())
+        .map_or(0, |(level, _)| *level)
+}
+
+/// VP9 levels (×10) and their maximum luma sample rates (VP9 spec, Annex A).
+const VP9_LEVELS: &[(u32, f64)] = &[
+    (10, 829_440.0),
+    (20, 4_608_000.0),
+    (21, 9_216_000.0),
+    (30, 20_736_000.0),
+    (31, 36_864_000.0),
+    (40, 83_558_400.0),
+    (41, 160_432_128.0),
+    (50, 311_951_360.0),
+    (51, 588_251_136.0),
+    (52, 1_176_502_272.0),
+    (61, 2_353_004_544.0),
+    (62, 4_706_009_088.0),
+];
+
+/// AV1 `seq_level_idx` and their maximum display rates (AV1 spec, Annex A).
+const AV1_LEVELS: &[(u32, f64)] = &[
+    (0, 4_423_680.0),
+    (1, 8_363_520.0),
+    (4, 19_975_680.0),
+    (5, 31_950_720.0),
+    (8, 70_778_880.0),
+    (9, 141_557_760.0),
+    (12, 267_386_880.0),
+    (13, 534_773_760.0),
+    (14, 1_069_547_520.0),
+    (17, 2_139_095_040.0),
+    (18, 4_278_190_080.0),
+];
+
+/// The RFC 6381 `CODECS` name of a stream as ffprobe describes it (`size` and
+/// `fps` give the VP9 and AV1 levels, which ffprobe does not report).
+pub fn codec_string(codec: &str, profile: &str, level: i64, size: (u32, u32), fps: f64) -> String {
+    let rate = sample_rate(size.0, size.1, fps);
     match codec {
         "h264" => {
             let p = match profile {
@@ -77,27 +124,8 @@ pub fn codec_string(codec: &str, profile: &str, level: i64, height: u32) -> Stri
             };
             format!("hvc1.{p}.{c}.L{}.90", level.max(30))
         }
-        "vp9" => {
-            let l = match height {
-                0..=480 => 30,
-                481..=720 => 31,
-                721..=1080 => 40,
-                1081..=1440 => 50,
-                1441..=2160 => 51,
-                _ => 61,
-            };
-            format!("vp09.00.{l}.08")
-        }
-        "av1" => {
-            let l = match height {
-                0..=480 => 4,
-                481..=720 => 5,
-                721..=1080 => 8,
-                1081..=2160 => 12,
-                _ => 16,
-            };
-            format!("av01.0.{l:02}M.08")
-        }
+        "vp9" => format!("vp09.00.{}.08", level_for(VP9_LEVELS, rate)),
+        "av1" => format!("av01.0.{:02}M.08", level_for(AV1_LEVELS, rate)),
         "vvc" => "vvc1".into(),
         "aac" if profile.starts_with("HE") => "mp4a.40.5".into(),
         "aac" => "mp4a.40.2".into(),
@@ -239,11 +267,41 @@ mod tests {
 
     #[test]
     fn codec_names() {
-        assert_eq!(codec_string("h264", "High", 31, 720), "avc1.64001f");
-        assert_eq!(codec_string("h264", "Main", 40, 1080), "avc1.4d4028");
-        assert_eq!(codec_string("hevc", "Main", 150, 2160), "hvc1.1.6.L150.90");
-        assert_eq!(codec_string("aac", "LC", 0, 0), "mp4a.40.2");
-        assert_eq!(codec_string("vp9", "", 0, 1080), "vp09.00.40.08");
+        assert_eq!(
+            codec_string("h264", "High", 31, (1280, 720), 30.0),
+            "avc1.64001f"
+        );
+        assert_eq!(
+            codec_string("h264", "Main", 40, (1920, 1080), 30.0),
+            "avc1.4d4028"
+        );
+        assert_eq!(
+            codec_string("hevc", "Main", 150, (3840, 2160), 30.0),
+            "hvc1.1.6.L150.90"
+        );
+        assert_eq!(codec_string("aac", "LC", 0, (0, 0), 0.0), "mp4a.40.2");
+        // VP9/AV1 levels from the luma sample rate: 1080p30 is 4.0, 1080p60 4.1,
+        // and a portrait 720p is the same as a landscape one.
+        assert_eq!(
+            codec_string("vp9", "", 0, (1920, 1080), 30.0),
+            "vp09.00.40.08"
+        );
+        assert_eq!(
+            codec_string("vp9", "", 0, (1920, 1080), 60.0),
+            "vp09.00.41.08"
+        );
+        assert_eq!(
+            codec_string("vp9", "", 0, (720, 1280), 30.0),
+            "vp09.00.31.08"
+        );
+        assert_eq!(
+            codec_string("av1", "", 0, (1920, 1080), 30.0),
+            "av01.0.08M.08"
+        );
+        assert_eq!(
+            codec_string("av1", "", 0, (1920, 1080), 60.0),
+            "av01.0.09M.08"
+        );
     }
 
     #[test]

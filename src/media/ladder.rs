@@ -255,7 +255,7 @@ pub fn plan(
         .collect();
     if planned.is_empty() {
         let first = rungs[0];
-        let side = even(short).min(short as u32 & !1).max(2);
+        let side = (short as u32 & !1).max(2);
         let (width, height) = size(side);
         let scale = (side as f64 / first.height as f64).powi(2);
         planned.push(PlannedRung {

@@ -150,10 +150,19 @@ struct WorkDir(PathBuf);
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove a job's work dir");
+        // Off the async threads: a work dir may hold a 20 GiB input and
+        // thousands of segments.
+        let dir = std::mem::take(&mut self.0);
+        let remove = move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a job's work dir");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
     }
 }
@@ -176,6 +185,12 @@ impl Transcoder {
             .await
             .map_err(|e| MediaError::Tool(format!("cannot run {}: {e}", media.ffmpeg)))?;
         let mut encoders = Encoders::parse(&String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() || encoders.video(Codec::H264).is_err() {
+            return Err(MediaError::Tool(format!(
+                "{} -encoders failed or lists no H.264 encoder",
+                media.ffmpeg
+            )));
+        }
         encoders.hw = pick_hw(&media, &encoders).await;
         let work_root = if media.work_dir.is_empty() {
             config.server.data_dir.join("media-work")
@@ -189,7 +204,11 @@ impl Transcoder {
             storage,
             encoders,
             work_root,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .build()
+                .map_err(|e| MediaError::Tool(format!("http client: {e}")))?,
         })
     }
 
@@ -220,12 +239,16 @@ impl Transcoder {
     }
 
     /// Remove what jobs of an earlier run left (the node died mid-job).
-    pub fn clean_work_root(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.work_root) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_dir_all(e.path());
+    pub async fn clean_work_root(&self) {
+        let root = self.work_root.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(entries) = std::fs::read_dir(&root) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
             }
-        }
+        })
+        .await;
     }
 
     /// Run one job to its `media.ready` payload.
@@ -256,13 +279,16 @@ impl Transcoder {
         let _cleanup = WorkDir(dir.clone());
         let mut reporter = Reporter::new(self.config.progress_interval_ms, on_progress);
         reporter.stage("preparing", 0.0);
-        let input = self.fetch_input(&req.file_path, &dir).await?;
-        let probe = probe::probe(
-            &self.config.ffprobe,
-            &input,
-            Duration::from_secs(self.config.probe_timeout_s),
-        )
-        .await?;
+        let prepared = async {
+            let input = self.fetch_input(&req.file_path, &dir).await?;
+            let timeout = Duration::from_secs(self.config.probe_timeout_s);
+            let probe = probe::probe(&self.config.ffprobe, &input, timeout).await?;
+            Ok::<_, MediaError>((input, probe))
+        };
+        let (input, probe) = tokio::select! {
+            r = prepared => r?,
+            _ = ffmpeg::cancelled(&mut cancel) => return Err(MediaError::Cancelled),
+        };
         tracing::info!(media_id = %req.media_id, ?probe, "probed");
         let out = dir.join("out");
         mkdir(&out)?;
@@ -292,20 +318,7 @@ impl Transcoder {
         };
         reporter.stage("uploading", ENCODE_SHARE + 5.0);
         let prefix = req.prefix.clone().unwrap_or(format!("media/{safe_id}"));
-        let uploaded = tokio::select! {
-            r = self.storage.upload_dir(&out, &prefix) => r,
-            _ = wait_cancel(&mut cancel) => Err(MediaError::Cancelled),
-        };
-        let uploaded = match uploaded {
-            Ok(u) => u,
-            Err(e) => {
-                // A job's own prefix only: the CLI writes at the root of a directory.
-                if !prefix.is_empty() {
-                    self.storage.delete_prefix(&prefix).await;
-                }
-                return Err(e);
-            }
-        };
+        let uploaded = self.storage.upload_dir(&out, &prefix, &mut cancel).await?;
         let sizes: BTreeMap<String, u64> = uploaded.into_iter().collect();
         ready.finish(&self.storage, &prefix, &sizes);
         reporter.stage("done", 100.0);
@@ -363,7 +376,8 @@ impl Transcoder {
             .await
             .map_err(|e| MediaError::Io(format!("GET {url}: {e}")))?;
         let status = resp.status();
-        if status.is_client_error() {
+        // 408 and 429 say "later", not "never".
+        if status.is_client_error() && status != 408 && status != 429 {
             return Err(MediaError::Input(format!("GET {url}: {status}")));
         }
         if !status.is_success() {
@@ -524,7 +538,7 @@ impl Transcoder {
             let info = stream_info(&c.ffprobe, &dir.join("playlist.m3u8")).await?;
             Some((
                 hls::measure(&dir)?,
-                hls::codec_string(&info.0, &info.1, info.2, 0),
+                hls::codec_string(&info.0, &info.1, info.2, (0, 0), 0.0),
             ))
         } else {
             None
@@ -536,7 +550,7 @@ impl Transcoder {
             variants.push((
                 r,
                 hls::measure(&dir)?,
-                hls::codec_string(&info.0, &info.1, info.2, r.height),
+                hls::codec_string(&info.0, &info.1, info.2, (r.width, r.height), fps),
             ));
         }
         let uris: Vec<String> = rungs
@@ -825,7 +839,7 @@ impl Transcoder {
             variants.push((
                 format!("{name}/playlist.m3u8"),
                 hls::measure(&dir)?,
-                hls::codec_string(&info.0, &info.1, info.2, 0),
+                hls::codec_string(&info.0, &info.1, info.2, (0, 0), 0.0),
             ));
         }
         let master = hls::audio_master(
@@ -884,13 +898,16 @@ async fn pick_hw(c: &MediaConfig, encoders: &Encoders) -> Option<Hw> {
             continue;
         }
         let test = tokio::process::Command::new(&c.ffmpeg)
+            .kill_on_drop(true)
             .args(["-hide_banner", "-v", "error"])
             .args(hw.device_args())
             .args(["-f", "lavfi", "-i", "color=s=256x256:d=0.2", "-vf"])
             .arg(format!("format=yuv420p{}", hw.upload_filter()))
             .args(["-c:v", &encoder, "-f", "null", "-"])
-            .output()
-            .await;
+            .output();
+        let test = tokio::time::timeout(Duration::from_secs(20), test)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("test encode took over 20 s")));
         match test {
             Ok(o) if o.status.success() => {
                 tracing::info!(hw = hw.name(), "hardware encoder available");
@@ -911,12 +928,14 @@ async fn pick_hw(c: &MediaConfig, encoders: &Encoders) -> Option<Hw> {
 
 /// Codec name, profile and level of the first stream of `file`.
 async fn stream_info(ffprobe: &str, file: &Path) -> Result<(String, String, i64), MediaError> {
-    let out = tokio::process::Command::new(ffprobe)
-        .args(["-v", "error", "-select_streams", "0", "-show_entries"])
+    let mut cmd = tokio::process::Command::new(ffprobe);
+    cmd.args(["-v", "error", "-select_streams", "0", "-show_entries"])
         .args(["stream=codec_name,profile,level", "-of", "json"])
         .arg(file)
-        .output()
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
+        .map_err(|_| MediaError::Tool(format!("{ffprobe} on {} took over 60 s", file.display())))?
         .map_err(|e| MediaError::Tool(format!("cannot run {ffprobe}: {e}")))?;
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let s = &v["streams"][0];
@@ -932,17 +951,6 @@ async fn stream_info(ffprobe: &str, file: &Path) -> Result<(String, String, i64)
         s["profile"].as_str().unwrap_or("").to_string(),
         s["level"].as_i64().unwrap_or(0),
     ))
-}
-
-async fn wait_cancel(cancel: &mut Cancel) {
-    loop {
-        if *cancel.borrow() {
-            return;
-        }
-        if cancel.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 /// `prefix/rel`, or `rel` with no prefix.

@@ -26,15 +26,20 @@ pub struct VideoStream {
     /// Degrees clockwise the player turns the picture (0, 90, 180, 270).
     pub rotation: u32,
     pub fps: f64,
+    /// Sample (pixel) aspect ratio: 1 for square pixels; anamorphic sources
+    /// (DV, some broadcast) are shown wider or narrower than coded.
+    pub sar: f64,
 }
 
 impl VideoStream {
-    /// The size as shown (ffmpeg rotates while decoding, so the ladder sees this).
+    /// The size as shown: square pixels, turned (ffmpeg rotates while decoding,
+    /// and the ladder scales to square pixels).
     pub fn display(&self) -> (u32, u32) {
+        let width = ((self.width as f64 * self.sar).round() as u32).max(1);
         if self.rotation % 180 == 90 {
-            (self.height, self.width)
+            (self.height, width)
         } else {
-            (self.width, self.height)
+            (width, self.height)
         }
     }
 }
@@ -67,6 +72,7 @@ struct RawStream {
     height: Option<u32>,
     avg_frame_rate: Option<String>,
     r_frame_rate: Option<String>,
+    sample_aspect_ratio: Option<String>,
     channels: Option<u32>,
     sample_rate: Option<String>,
     duration: Option<String>,
@@ -134,7 +140,14 @@ pub fn parse(json: &[u8]) -> Result<Probe, MediaError> {
                 .find_map(|r| rate(r))
                 .filter(|f| *f <= 240.0)
                 .unwrap_or(30.0);
+            let sar = s
+                .sample_aspect_ratio
+                .as_deref()
+                .and_then(|r| rate(&r.replace(':', "/")))
+                .filter(|r| (0.1..=10.0).contains(r))
+                .unwrap_or(1.0);
             Some(VideoStream {
+                sar,
                 codec: s.codec_name.clone().unwrap_or_default(),
                 width,
                 height,
@@ -218,6 +231,13 @@ mod tests {
         assert!((v.fps - 29.97).abs() < 0.01);
         assert_eq!(p.audio.unwrap().sample_rate, 44100);
         assert_eq!(p.duration, 12.5);
+        // Anamorphic: 720×576 with 16:11 pixels is shown 1047 wide; 0:1 is unknown.
+        let json = br#"{"streams":[{"codec_type":"video","width":720,"height":576,
+            "sample_aspect_ratio":"16:11"}],"format":{"duration":"1"}}"#;
+        assert_eq!(parse(json).unwrap().video.unwrap().display(), (1047, 576));
+        let json = br#"{"streams":[{"codec_type":"video","width":720,"height":576,
+            "sample_aspect_ratio":"0:1"}],"format":{"duration":"1"}}"#;
+        assert_eq!(parse(json).unwrap().video.unwrap().display(), (720, 576));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
@@ -128,24 +128,44 @@ impl Storage {
         format!("{}/{key}", self.public_base)
     }
 
-    /// Upload every file under `dir` to `prefix/<relative path>`; returns keys and sizes.
+    /// Upload every file under `dir` to `prefix/<relative path>`; returns keys and
+    /// sizes. On a failure or a cancel, what this call uploaded is deleted again.
     pub async fn upload_dir(
         &self,
         dir: &Path,
         prefix: &str,
+        cancel: &mut super::ffmpeg::Cancel,
     ) -> Result<Vec<(String, u64)>, MediaError> {
-        let mut files = Vec::new();
-        collect_files(dir, dir, &mut files)?;
-        files.sort();
-        futures_util::stream::iter(files)
+        let files = {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                let mut files = Vec::new();
+                collect_files(&dir, &dir, &mut files).map(|()| files)
+            })
+            .await
+            .map_err(|e| MediaError::Io(e.to_string()))??
+        };
+        let mut uploads = futures_util::stream::iter(files)
             .map(|rel| async move {
                 let key = super::join_key(prefix, &rel);
                 let size = self.upload_file(&dir.join(&rel), &key).await?;
                 Ok::<_, MediaError>((key, size))
             })
-            .buffer_unordered(4)
-            .try_collect()
-            .await
+            .buffer_unordered(4);
+        let mut done = Vec::new();
+        let failure = loop {
+            tokio::select! {
+                next = uploads.next() => match next {
+                    Some(Ok(uploaded)) => done.push(uploaded),
+                    Some(Err(e)) => break e,
+                    None => return Ok(done),
+                },
+                _ = super::ffmpeg::cancelled(cancel) => break MediaError::Cancelled,
+            }
+        };
+        drop(uploads);
+        self.delete(done.into_iter().map(|(key, _)| key)).await;
+        Err(failure)
     }
 
     /// Upload one file (multipart above the threshold), retrying the whole file.
@@ -182,16 +202,15 @@ impl Storage {
             writer = writer.with_attributes(attributes);
         }
         let copied = tokio::io::copy(&mut input, &mut writer).await;
-        match copied {
-            Ok(size) => match writer.shutdown().await {
-                Ok(()) => Ok(size),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => {
-                let _ = writer.abort().await;
-                Err(e.to_string())
-            }
+        let result = match copied {
+            Ok(size) => writer.shutdown().await.map(|()| size),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // A multipart upload left open keeps its parts (and their cost).
+            let _ = writer.abort().await;
         }
+        result.map_err(|e| e.to_string())
     }
 
     /// Fetch `key` into `dest`, refusing more than `max_bytes`.
@@ -221,15 +240,9 @@ impl Storage {
         out.flush().await.map_err(|e| MediaError::Io(e.to_string()))
     }
 
-    /// Remove everything under `prefix` (a failed or cancelled job's partial upload).
-    pub async fn delete_prefix(&self, prefix: &str) {
-        let prefix = Key::from(prefix);
-        let keys: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .filter_map(|m| async move { m.ok().map(|m| Ok(m.location)) })
-            .collect()
-            .await;
+    /// Remove `keys` (a failed or cancelled job's partial upload).
+    async fn delete(&self, keys: impl Iterator<Item = String>) {
+        let keys: Vec<_> = keys.map(|k| Ok(Key::from(k))).collect();
         let mut deleted = self
             .store
             .delete_stream(futures_util::stream::iter(keys).boxed());
