@@ -8,6 +8,15 @@ pub mod nats;
 pub mod redis;
 pub mod s3;
 
+/// A TCP port free on 127.0.0.1 (for servers the tests start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;

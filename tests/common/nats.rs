@@ -17,19 +17,11 @@ pub struct NatsServer {
     store: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl NatsServer {
     pub async fn start() -> NatsServer {
         let mut server = NatsServer {
             child: None,
-            port: free_port(),
+            port: super::free_port(),
             store: tempfile::tempdir().unwrap(),
         };
         server.spawn().await;

@@ -24,14 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 const AUTH: &str = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
                     SignedHeaders=host, Signature=00";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `moto_server` process; killed on drop. Every connection to it carries a
 /// single request: moto answers each with `Connection: close`.
 pub struct S3Server {
@@ -42,7 +34,7 @@ pub struct S3Server {
 
 impl S3Server {
     pub async fn start() -> S3Server {
-        let port = free_port();
+        let port = super::free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p"])
             .arg(port.to_string())
