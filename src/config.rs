@@ -21,6 +21,7 @@ const LEGACY_ENV: &[(&str, &str, &str)] = &[
     ("PORT", "server", "port"),
     ("JWT_SECRET", "auth", "jwt_secret"),
     ("MESSAGE_BUS_URL", "bus", "url"),
+    ("DATABASE_URL", "database", "url"),
     ("REDIS_URL", "cluster", "redis_url"),
     ("OBJECT_STORAGE_ENDPOINT", "storage", "endpoint"),
     ("OBJECT_STORAGE_ACCESS_KEY", "storage", "access_key"),
@@ -68,6 +69,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub media: MediaConfig,
     pub storage: StorageConfig,
+    pub database: DatabaseConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -244,6 +246,37 @@ pub struct AudioRendition {
 }
 
 /// Where media output goes (`[storage]`): a local directory, or S3-compatible.
+/// Where messages and job records are kept (`[database]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `""`: SQLite at `<data_dir>/armoricore.db`; `sqlite://...`; `postgres://...`;
+    /// `"off"`: nothing kept (history in memory only, as before persistence).
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout_s: u64,
+    /// Messages written in one transaction at most.
+    pub batch_max: usize,
+    /// Messages one history page gives at most.
+    pub page_max: usize,
+    pub retention_interval_s: u64,
+    /// Finished jobs are deleted this many days after they ended (0: kept).
+    pub job_retention_days: u64,
+    pub retention: Vec<RetentionRule>,
+}
+
+/// Messages of topics starting with `prefix` are kept `days` days and/or the
+/// newest `count` per topic (the longest matching prefix applies).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub prefix: String,
+    #[serde(default)]
+    pub days: Option<u64>,
+    #[serde(default)]
+    pub count: Option<u64>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -324,6 +357,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_database()?;
         crate::protocols::jwt::parse_algorithm(&self.auth.algorithm)
             .map_err(|e| invalid("auth.algorithm", e.to_string()))?;
         if self.auth.algorithm != "HS256" && self.auth.public_key_file.is_empty() {
@@ -430,6 +464,47 @@ impl Config {
             .is_err()
         {
             return Err(invalid("log.level", "not a valid RUST_LOG filter"));
+        }
+        Ok(())
+    }
+
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        let d = &self.database;
+        let url = d.url.trim();
+        if !(url.is_empty()
+            || url == "off"
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "expected \"\" (SQLite under data_dir), sqlite://PATH, postgres://... or \"off\"",
+            ));
+        }
+        for (key, value) in [
+            ("database.max_connections", d.max_connections as u64),
+            ("database.batch_max", d.batch_max as u64),
+            ("database.page_max", d.page_max as u64),
+            ("database.retention_interval_s", d.retention_interval_s),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for rule in &d.retention {
+            if rule.days.is_none() && rule.count.is_none() {
+                return Err(invalid(
+                    "database.retention",
+                    format!("rule {:?} needs days, count or both", rule.prefix),
+                ));
+            }
+            if rule.count == Some(0) {
+                return Err(invalid(
+                    "database.retention",
+                    format!("rule {:?}: count must be at least 1", rule.prefix),
+                ));
+            }
         }
         Ok(())
     }

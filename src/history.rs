@@ -34,6 +34,31 @@ use serde_json::{Value, json};
 use crate::config::HistoryConfig;
 use crate::protocols::phoenix::{self, Frame};
 use crate::pubsub::{PubSub, Subscriber, offer};
+use crate::store::writer::Status;
+use crate::store::{Store, StoredMessage, Writer};
+
+/// The database behind the history, when `database.url` is not `off`.
+pub struct Persist {
+    pub store: Arc<Store>,
+    pub writer: Writer,
+    /// Most messages one page gives.
+    pub page_max: usize,
+}
+
+/// Why a message could not be published, or a page read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A message numbered and handed to the database, not yet broadcast.
+struct Pending {
+    offset: u64,
+    event: Arc<str>,
+    payload: Arc<Value>,
+    status: Status,
+}
 
 /// A client's position in a topic, from `since` in its join payload.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -69,6 +94,12 @@ struct TopicHistory {
     epoch: String,
     /// Offset of the newest broadcast (0: none yet).
     head: u64,
+    /// With a database: the newest offset given out (some may still be pending).
+    numbered: u64,
+    /// With a database: messages waiting for their commit, in offset order.
+    pending: VecDeque<Pending>,
+    /// With a database: epoch, head and recent messages were read from it.
+    loaded: bool,
     ring: VecDeque<Entry>,
     size: usize,
     ttl: Duration,
@@ -101,6 +132,45 @@ impl TopicHistory {
             }
             self.replies.remove(key);
             self.reply_order.pop_front();
+        }
+    }
+
+    /// Keep a broadcast message in the ring (if the topic keeps any).
+    fn keep(&mut self, offset: u64, event: Arc<str>, payload: Arc<Value>, now: Instant) {
+        if self.size == 0 {
+            return;
+        }
+        self.expire(now);
+        if self.ring.len() == self.size {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(Entry {
+            offset,
+            event,
+            payload,
+            at: now,
+        });
+    }
+
+    /// Broadcast, in offset order, the pending messages up to `upto` whose commit
+    /// is known; drop those that failed (their publishers got an error).
+    fn flush(&mut self, pubsub: &PubSub, topic: &str, upto: u64) {
+        let now = Instant::now();
+        while let Some(front) = self.pending.front() {
+            if front.offset > upto {
+                break;
+            }
+            let Some(committed) = front.status.committed() else {
+                break; // not reached: the writer settles a whole batch before answering
+            };
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            if committed {
+                pubsub.broadcast(topic, &p.event, &p.payload, None);
+                self.head = p.offset;
+                self.keep(p.offset, p.event, p.payload, now);
+            }
         }
     }
 
@@ -162,6 +232,53 @@ pub struct JoinState {
     pub recovered: Option<bool>,
     /// Messages queued after the reply.
     pub replayed: usize,
+    /// The newest messages, oldest first, when the join asked for them.
+    pub messages: Option<Vec<Value>>,
+}
+
+/// What a join asks of the history besides subscribing.
+struct Ask<'a> {
+    /// Recover what was missed since this position.
+    since: Option<&'a Since>,
+    /// Reply with the newest `last.0` messages: the ring's, after those of `last.1`
+    /// (read from the database) that are older than the ring.
+    last: Option<(usize, Vec<StoredMessage>)>,
+}
+
+/// `history.limit` of a join payload (`{"history": {"limit": 50}}`): the join asks
+/// for the newest messages in its reply.
+pub fn last_from_join(payload: &Value) -> Option<usize> {
+    let limit = payload.get("history")?.get("limit")?.as_u64()?;
+    Some(limit.min(u32::MAX as u64) as usize)
+}
+
+/// The row a published payload is kept as.
+fn stored(topic: &str, event: &str, offset: u64, payload: &Value) -> StoredMessage {
+    let text = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_string);
+    StoredMessage {
+        msg_id: text("id").unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        topic: topic.to_string(),
+        offset,
+        event: event.to_string(),
+        user_id: text("user_id").unwrap_or_default(),
+        payload: payload.clone(),
+        created_at_ms: crate::store::now_ms(),
+    }
+}
+
+/// The newest `limit` of `older` (read from the database) followed by the ring,
+/// which holds the newest of all.
+fn newest(h: &TopicHistory, limit: usize, older: Vec<StoredMessage>) -> Vec<Value> {
+    let first_kept = h.ring.front().map_or(u64::MAX, |e| e.offset);
+    let mut out: Vec<Value> = older
+        .into_iter()
+        .filter(|m| m.offset < first_kept && m.offset <= h.head)
+        .map(|m| m.payload)
+        .collect();
+    out.extend(h.ring.iter().map(|e| (*e.payload).clone()));
+    let skip = out.len().saturating_sub(limit);
+    out.drain(..skip);
+    out
 }
 
 /// Every topic's history on this node.
@@ -172,6 +289,7 @@ pub struct History {
     /// In a cluster: one publish at a time per topic from this node, so this
     /// node's own messages are numbered and delivered in the same order.
     gates: DashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>,
+    persist: Option<Persist>,
 }
 
 fn new_epoch() -> String {
@@ -179,13 +297,19 @@ fn new_epoch() -> String {
 }
 
 impl History {
-    pub fn new(config: HistoryConfig, pubsub: Arc<PubSub>) -> History {
+    pub fn new(config: HistoryConfig, pubsub: Arc<PubSub>, persist: Option<Persist>) -> History {
         History {
             topics: DashMap::new(),
             config,
             pubsub,
             gates: DashMap::new(),
+            persist,
         }
+    }
+
+    /// The database, when messages are kept in one.
+    pub fn persist(&self) -> Option<&Persist> {
+        self.persist.as_ref()
     }
 
     /// (size, ttl) of the longest rule matching `topic`; no rule: offsets only.
@@ -212,6 +336,9 @@ impl History {
                     reply_order: VecDeque::new(),
                     epoch: new_epoch(),
                     head: 0,
+                    numbered: 0,
+                    pending: VecDeque::new(),
+                    loaded: false,
                     ring: VecDeque::with_capacity(size.min(16)),
                     size,
                     ttl,
@@ -247,18 +374,7 @@ impl History {
         let offset = h.head;
         let payload = Arc::new(payload(offset));
         self.pubsub.broadcast(topic, event, &payload, None);
-        if h.size > 0 {
-            h.expire(now);
-            if h.ring.len() == h.size {
-                h.ring.pop_front();
-            }
-            h.ring.push_back(Entry {
-                offset,
-                event: Arc::from(event),
-                payload: payload.clone(),
-                at: now,
-            });
-        }
+        h.keep(offset, Arc::from(event), payload.clone(), now);
         let reply = reply(&payload);
         h.remember(idempotency, &reply);
         Published::New { offset, reply }
@@ -275,6 +391,21 @@ impl History {
         reply: impl FnOnce(&JoinState) -> Frame,
     ) -> JoinState {
         let t = self.topic(topic);
+        let ask = Ask { since, last: None };
+        self.join_in(&t, topic, subscriber, ask, metrics, reply)
+    }
+
+    /// [`History::join`] on the topic `t`.
+    fn join_in(
+        &self,
+        t: &Mutex<TopicHistory>,
+        topic: &str,
+        subscriber: Subscriber,
+        ask: Ask<'_>,
+        metrics: &crate::metrics::Metrics,
+        reply: impl FnOnce(&JoinState) -> Frame,
+    ) -> JoinState {
+        let Ask { since, last } = ask;
         let mut h = t.lock();
         let now = Instant::now();
         h.expire(now);
@@ -285,6 +416,7 @@ impl History {
             epoch: h.epoch.clone(),
             recovered: missed.as_ref().map(Option::is_some),
             replayed: 0,
+            messages: last.map(|(limit, older)| newest(&h, limit, older)),
         };
         let replay: Vec<&Entry> = missed.flatten().unwrap_or_default();
         state.replayed = replay.len();
@@ -326,10 +458,117 @@ impl History {
         self.gates.entry(Arc::from(topic)).or_default().clone()
     }
 
+    /// The topic, its epoch, head and recent messages read from the database the
+    /// first time (with no database: the topic as it is).
+    async fn loaded(&self, topic: &str) -> Result<Arc<Mutex<TopicHistory>>, HistoryError> {
+        let t = self.topic(topic);
+        let Some(persist) = &self.persist else {
+            return Ok(t);
+        };
+        if t.lock().loaded {
+            return Ok(t);
+        }
+        let gate = self.gate(topic);
+        let _one_at_a_time = gate.lock().await;
+        let (loaded, size) = {
+            let h = t.lock();
+            (h.loaded, h.size)
+        };
+        if loaded {
+            return Ok(t);
+        }
+        let state = persist
+            .store
+            .topic_state(topic, &new_epoch(), size)
+            .await
+            .map_err(|e| {
+                persist
+                    .store
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["load"])
+                    .inc();
+                HistoryError::Unavailable(e.to_string())
+            })?;
+        let (now, now_ms) = (Instant::now(), crate::store::now_ms());
+        let mut guard = t.lock();
+        let h = &mut *guard;
+        h.epoch = state.epoch;
+        h.head = h.head.max(state.head);
+        h.numbered = h.numbered.max(h.head);
+        for m in state.recent {
+            let age = Duration::from_millis(now_ms.saturating_sub(m.created_at_ms).max(0) as u64);
+            let at = now.checked_sub(age).unwrap_or(now);
+            h.ring.push_back(Entry {
+                offset: m.offset,
+                event: Arc::from(m.event.as_str()),
+                payload: Arc::new(m.payload),
+                at,
+            });
+        }
+        h.expire(now);
+        h.loaded = true;
+        drop(guard);
+        Ok(t)
+    }
+
+    /// [`History::publish`] with the message written to the database first: it is
+    /// numbered and handed to the writer under the topic's lock, and broadcast (in
+    /// offset order) once committed; the reply waits for the commit.
+    async fn publish_stored(
+        &self,
+        persist: &Persist,
+        topic: &str,
+        event: &str,
+        idempotency: Option<(&str, &str)>,
+        payload: impl FnOnce(u64) -> Value,
+        reply: impl FnOnce(&Value) -> Value,
+    ) -> Result<Published, HistoryError> {
+        let t = self.loaded(topic).await?;
+        let window = Duration::from_secs(self.config.idempotency_window_s);
+        let (offset, payload, ticket) = {
+            let mut h = t.lock();
+            if let Some(reply) = h.repeated(idempotency, window) {
+                return Ok(Published::Duplicate { reply });
+            }
+            let offset = h.numbered.max(h.head) + 1;
+            h.numbered = offset;
+            h.last_used = Instant::now();
+            let payload = Arc::new(payload(offset));
+            let ticket = persist
+                .writer
+                .submit(stored(topic, event, offset, &payload));
+            h.pending.push_back(Pending {
+                offset,
+                event: Arc::from(event),
+                payload: payload.clone(),
+                status: ticket.status.clone(),
+            });
+            (offset, payload, ticket)
+        };
+        // Waiting and broadcasting run to the end even if the publisher goes away,
+        // so no committed message is left unsent.
+        let (pubsub, topic_name, t2) = (self.pubsub.clone(), Arc::<str>::from(topic), t.clone());
+        let committed = tokio::spawn(async move {
+            let committed = ticket.committed().await;
+            t2.lock().flush(&pubsub, &topic_name, offset);
+            committed
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("writer task: {e}")));
+        committed.map_err(HistoryError::Unavailable)?;
+        let reply = reply(&payload);
+        t.lock().remember(idempotency, &reply);
+        Ok(Published::New { offset, reply })
+    }
+
     /// [`History::publish`], or in a cluster the same through Redis: the offset
     /// comes from Redis, which keeps the message and publishes it to every node in
     /// one step. With Redis unreachable, falls back to this node's numbering (a
     /// later recovery then says `recovered: false`: the epochs differ).
+    ///
+    /// With a database, the message is written before the reply (and on a single
+    /// node before the broadcast); a failed write is an error for the publisher.
     pub async fn publish_any(
         &self,
         topic: &str,
@@ -337,16 +576,22 @@ impl History {
         idempotency: Option<(&str, &str)>,
         payload: impl FnOnce(u64) -> Value,
         reply: impl FnOnce(&Value) -> Value,
-    ) -> Published {
+    ) -> Result<Published, HistoryError> {
         let Some(cluster) = self.pubsub.cluster().cloned() else {
-            return self.publish(topic, event, idempotency, payload, reply);
+            return match &self.persist {
+                None => Ok(self.publish(topic, event, idempotency, payload, reply)),
+                Some(p) => {
+                    self.publish_stored(p, topic, event, idempotency, payload, reply)
+                        .await
+                }
+            };
         };
         let gate = self.gate(topic);
         let _one_at_a_time = gate.lock().await;
         let (size, ttl) = self.rule(topic);
         let window = Duration::from_secs(self.config.idempotency_window_s);
         if let Some(reply) = self.topic(topic).lock().repeated(idempotency, window) {
-            return Published::Duplicate { reply };
+            return Ok(Published::Duplicate { reply });
         }
         let mut value = payload(0);
         let numbered = cluster
@@ -379,25 +624,71 @@ impl History {
                 h.head
             }
         };
+        if let Some(p) = &self.persist {
+            p.writer
+                .submit(stored(topic, event, offset, &value))
+                .committed()
+                .await
+                .map_err(HistoryError::Unavailable)?;
+        }
         let reply = reply(&value);
         self.topic(topic).lock().remember(idempotency, &reply);
-        Published::New { offset, reply }
+        Ok(Published::New { offset, reply })
+    }
+
+    /// The newest `limit` messages (capped at `database.page_max`) read from the
+    /// database for a join's reply; `None` when not asked, or the read failed.
+    async fn older(&self, topic: &str, last: Option<usize>) -> Option<(usize, Vec<StoredMessage>)> {
+        let limit = last?;
+        let Some(p) = &self.persist else {
+            return Some((limit.min(self.rule(topic).0), Vec::new()));
+        };
+        let limit = limit.min(p.page_max);
+        match p.store.messages_before(topic, None, limit).await {
+            Ok(older) => Some((limit, older)),
+            Err(e) => {
+                p.store
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["read"])
+                    .inc();
+                tracing::warn!(topic, error = %e, "could not read history for a join");
+                None
+            }
+        }
     }
 
     /// [`History::join`], or in a cluster the same from the shared history: what was
     /// broadcast while Redis is read is recorded (a tap) and queued after the
     /// recovered messages, so there is no gap and no duplicate.
+    ///
+    /// With `last`, the reply also carries the newest `last` messages.
     pub async fn join_any(
         &self,
         topic: &str,
         subscriber: Subscriber,
         since: Option<&Since>,
+        last: Option<usize>,
         metrics: &crate::metrics::Metrics,
         reply: impl FnOnce(&JoinState) -> Frame,
     ) -> JoinState {
         let Some(cluster) = self.pubsub.cluster().cloned() else {
-            return self.join(topic, subscriber, since, metrics, reply);
+            let t = match self.loaded(topic).await {
+                Ok(t) => t,
+                Err(e) => {
+                    // Joined all the same; offsets continue once the database answers
+                    // (with its epoch: a recovery from this one says recovered: false).
+                    tracing::warn!(topic, error = %e, "join without the stored history");
+                    self.topic(topic)
+                }
+            };
+            let last = self.older(topic, last).await;
+            return self.join_in(&t, topic, subscriber, Ask { since, last }, metrics, reply);
         };
+        let messages = self.older(topic, last).await.map(|(limit, older)| {
+            let skip = older.len().saturating_sub(limit);
+            older.into_iter().skip(skip).map(|m| m.payload).collect()
+        });
         self.pubsub.tap(topic, subscriber.session);
         let read = cluster
             .read_history(
@@ -425,6 +716,7 @@ impl History {
                     epoch,
                     recovered,
                     replayed: replay.len(),
+                    messages,
                 };
                 (state, replay)
             }
@@ -435,6 +727,7 @@ impl History {
                     epoch: "unavailable".into(),
                     recovered: since.map(|_| false),
                     replayed: 0,
+                    messages,
                 };
                 (state, Vec::new())
             }
@@ -460,6 +753,63 @@ impl History {
         });
         state
     }
+
+    /// A page of `topic`'s kept messages: up to `limit` (capped at
+    /// `database.page_max`) with offsets below `before`, oldest first.
+    pub async fn page(
+        &self,
+        topic: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, HistoryError> {
+        let Some(p) = &self.persist else {
+            return Err(HistoryError::Unavailable(
+                "messages are not kept (database.url = \"off\")".into(),
+            ));
+        };
+        p.store
+            .messages_before(topic, before, limit.clamp(1, p.page_max))
+            .await
+            .map_err(|e| {
+                p.store
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["read"])
+                    .inc();
+                HistoryError::Unavailable(e.to_string())
+            })
+    }
+
+    /// Delete the message `msg_id` (moderation): from the database, from the
+    /// recovery ring, and tell the topic `msg_deleted {id, offset}`. Its topic and
+    /// offset, or `None` if no such message is kept.
+    pub async fn delete(&self, msg_id: &str) -> Result<Option<(String, u64)>, HistoryError> {
+        let Some(p) = &self.persist else {
+            return Err(HistoryError::Unavailable(
+                "messages are not kept (database.url = \"off\")".into(),
+            ));
+        };
+        let deleted = p.store.delete_message(msg_id).await.map_err(|e| {
+            p.store
+                .metrics
+                .store_errors
+                .with_label_values(&["delete"])
+                .inc();
+            HistoryError::Unavailable(e.to_string())
+        })?;
+        if let Some((topic, offset)) = &deleted {
+            if let Some(t) = self.topics.get(topic.as_str()).map(|t| t.value().clone()) {
+                t.lock().ring.retain(|e| e.offset != *offset);
+            }
+            self.pubsub.broadcast(
+                topic,
+                "msg_deleted",
+                &json!({"id": msg_id, "offset": offset}),
+                None,
+            );
+        }
+        Ok(deleted)
+    }
 }
 
 /// Merge the join state into a channel's join response (an object).
@@ -469,6 +819,9 @@ pub fn join_response(mut response: Value, state: &JoinState) -> Value {
         map.insert("epoch".into(), json!(state.epoch));
         if let Some(recovered) = state.recovered {
             map.insert("recovered".into(), json!(recovered));
+        }
+        if let Some(messages) = &state.messages {
+            map.insert("messages".into(), json!(messages));
         }
     }
     response
@@ -496,6 +849,7 @@ mod tests {
         History::new(
             config,
             Arc::new(PubSub::new(Arc::new(Metrics::new()), None)),
+            None,
         )
     }
 

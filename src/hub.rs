@@ -49,6 +49,10 @@ pub struct Hub {
     pub jobs: Jobs,
     /// Transcoding on this node (`media.enabled` and an ffmpeg found).
     pub media: Option<Arc<crate::actors::transcode::MediaService>>,
+    /// The database (messages, job records), unless `database.url = "off"`.
+    pub store: Option<Arc<crate::store::Store>>,
+    /// This node's name in job records and the cluster.
+    pub node_name: String,
     pub handled: Handled,
     /// The bus's work queues are prepared (JetStream streams and consumers exist).
     bus_work_ready: std::sync::atomic::AtomicBool,
@@ -68,6 +72,8 @@ pub struct Services {
     pub jobs: Jobs,
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub media: Option<Arc<crate::actors::transcode::MediaService>>,
+    pub store: Option<Arc<crate::store::Store>>,
+    pub node_name: String,
 }
 
 impl Hub {
@@ -83,7 +89,14 @@ impl Hub {
             jobs,
             cluster,
             media,
+            store,
+            node_name,
         } = services;
+        let persist = store.clone().map(|store| crate::history::Persist {
+            writer: crate::store::Writer::start(store.clone(), config.database.batch_max),
+            page_max: config.database.page_max,
+            store,
+        });
         let outlet = Outlet::new(bus.clone(), config.bus.clone(), metrics.clone());
         let presence_outlet = config.bus.publish_presence.then(|| outlet.clone());
         let pubsub = Arc::new(PubSub::new(metrics.clone(), cluster.clone()));
@@ -112,7 +125,9 @@ impl Hub {
             handled: Handled::default(),
             media_owners: Default::default(),
             bus_work_ready: Default::default(),
-            history: crate::history::History::new(history, pubsub.clone()),
+            history: crate::history::History::new(history, pubsub.clone(), persist),
+            store,
+            node_name,
             user_limits: crate::limits::UserLimits::new(user_per_s, user_burst),
             pubsub,
             metrics,

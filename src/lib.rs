@@ -21,6 +21,8 @@
 //! - [`http`]: routes: WebSocket and long-poll transports, `/metrics`, `/health`,
 //!   `/ready`, and the server API ([`http::api`]).
 //! - [`history`]: per-topic offsets, epochs and recent messages; missed-message recovery.
+//! - [`store`]: the database (SQLite by default, PostgreSQL): messages, topic
+//!   epochs, job records; [`store::writer`] commits messages in batches.
 //! - [`hub`]: the node's shared parts, handed to sessions and routes.
 //! - [`bus`]: the message bus: `Bus` trait, in-process and NATS/JetStream
 //!   implementations, [`bus::events`] (envelope and payload schemas), [`bus::Outlet`].
@@ -45,4 +47,5 @@ pub mod metrics;
 pub mod protocols;
 pub mod pubsub;
 pub mod server;
+pub mod store;
 pub mod supervisors;

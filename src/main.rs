@@ -46,6 +46,9 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Create or update the database schema (`database.url`) and exit; `serve`
+    /// does the same on start.
+    Migrate,
     /// Transcode one file as a `media.uploaded` job would, without a server:
     /// HLS ladder, MP4s, thumbnails (or audio-only renditions) into a directory.
     Transcode {
@@ -90,6 +93,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             init_logging(&config, format);
             serve(config).await
+        }
+        Command::Migrate => {
+            init_logging(&config, format);
+            let metrics = std::sync::Arc::new(armoricore::metrics::Metrics::new());
+            match server::open_store(&config, &metrics).await? {
+                Some(store) => {
+                    println!("database {} is up to date", store.backend().name());
+                    store.close().await;
+                }
+                None => println!("database.url is \"off\": nothing to migrate"),
+            }
+            Ok(())
         }
         Command::Token {
             sub,

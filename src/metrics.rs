@@ -80,6 +80,14 @@ pub struct Metrics {
     /// Transcodes running, and waiting for a slot (`media.concurrency`).
     pub media_jobs_running: IntGauge,
     pub media_jobs_queued: IntGauge,
+    /// Time to commit one batch of messages to the database.
+    pub store_write_seconds: Histogram,
+    /// Messages per committed batch.
+    pub store_batch_messages: Histogram,
+    /// Database operations that failed, by operation.
+    pub store_errors: IntCounterVec,
+    /// Messages deleted by retention.
+    pub store_retention_deleted: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -260,6 +268,25 @@ impl Metrics {
                 "armoricore_job_seconds",
                 "Time from a work delivery to its acknowledgement.",
                 prometheus::exponential_buckets(1e-4, 4.0, 12).expect("valid buckets"),
+            ),
+            store_write_seconds: histogram(
+                "armoricore_store_write_seconds",
+                "Time to commit one batch of messages to the database.",
+                prometheus::exponential_buckets(1e-4, 2.0, 16).expect("valid buckets"),
+            ),
+            store_batch_messages: histogram(
+                "armoricore_store_batch_messages",
+                "Messages per committed batch.",
+                prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets"),
+            ),
+            store_errors: counter_vec(
+                "armoricore_store_errors_total",
+                "Database operations that failed, by operation.",
+                &["op"],
+            ),
+            store_retention_deleted: counter(
+                "armoricore_store_retention_deleted_total",
+                "Messages deleted by retention.",
             ),
             registry: r,
         }

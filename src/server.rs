@@ -40,6 +40,8 @@ pub enum StartError {
     Bus(#[from] crate::bus::BusError),
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("supervision tree failed to start: {0}")]
     Spawn(#[from] ractor::SpawnErr),
 }
@@ -161,6 +163,20 @@ async fn with_media(
     }
 }
 
+/// The database `database.url` names (none when `off`), migrated.
+pub async fn open_store(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<crate::store::Store>>, StartError> {
+    let Some(url) = crate::store::resolve_url(&config.database, &config.server.data_dir) else {
+        tracing::info!("database off: messages and jobs are not kept");
+        return Ok(None);
+    };
+    let store = crate::store::Store::open(&url, &config.database, metrics.clone()).await?;
+    tracing::info!(backend = store.backend().name(), "database");
+    Ok(Some(Arc::new(store)))
+}
+
 /// A running node.
 pub struct Node {
     hub: Arc<Hub>,
@@ -191,17 +207,24 @@ impl Node {
         let verifier = verifier(&config)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         let metrics = Arc::new(Metrics::new());
-        let bus = crate::bus::connect(&config.bus, metrics.clone()).await?;
+        // Unique per host and port, and the same when this node restarts.
+        let node_name = if config.cluster.node_name.is_empty() {
+            format!("{}:{}", crate::cluster::hostname(), addr.port())
+        } else {
+            config.cluster.node_name.clone()
+        };
+        let store = open_store(&config, &metrics).await?;
+        let journal = store.clone().map(|store| crate::bus::memory::Journal {
+            store,
+            node: node_name.clone(),
+        });
+        let bus = crate::bus::connect(&config.bus, metrics.clone(), journal).await?;
         tracing::info!(bus = bus.kind(), "message bus");
         let cluster = if config.cluster.redis_url.is_empty() {
             None
         } else {
             let mut cluster_config = config.cluster.clone();
-            if cluster_config.node_name.is_empty() {
-                // Unique per host and port, and the same when this node restarts.
-                cluster_config.node_name =
-                    format!("{}:{}", crate::cluster::hostname(), addr.port());
-            }
+            cluster_config.node_name = node_name.clone();
             let c = crate::cluster::Cluster::connect(cluster_config, metrics.clone())?;
             tracing::info!(node = %c.node_id, "cluster through Redis");
             Some(Arc::new(c))
@@ -212,6 +235,8 @@ impl Node {
             jobs,
             cluster,
             media,
+            store,
+            node_name,
         };
         let hub = Arc::new(Hub::new(config, router, verifier, metrics, services));
         let args = RootArgs {

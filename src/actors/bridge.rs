@@ -29,6 +29,7 @@ use crate::bus::events::{self, Envelope, RESULT_SUBJECTS, WORK_SUBJECTS};
 use crate::bus::{Acker, Delivery, Sent, backoff, dead_letter_body, dead_letter_subject};
 use crate::hub::Hub;
 use crate::jobs::{self, Job, Outcome};
+use crate::store::JobStatus;
 
 /// How long one fetch waits for work before asking again.
 const FETCH_WAIT: Duration = Duration::from_secs(5);
@@ -572,6 +573,20 @@ async fn handle(
         },
     );
     metrics.jobs_running.inc();
+    if let Some(store) = &hub.store {
+        let job = crate::store::jobs::NewJob {
+            id: &event.event_id,
+            kind: subject,
+            payload: &event.payload,
+            node: &hub.node_name,
+            bus: hub.bus.kind(),
+            request: &String::from_utf8_lossy(&delivery.body),
+        };
+        if let Err(e) = store.job_started(&job).await {
+            metrics.store_errors.with_label_values(&["job"]).inc();
+            tracing::warn!(subject, error = %e, "could not record a job start");
+        }
+    }
     let result = run_job(&hub, subject, &event, delivery.delivered, &acker, cancel).await;
     let label = match result {
         Settled::Acked(label, sent) => {
@@ -635,7 +650,10 @@ async fn run_job(
     let Some(handler) = hub.jobs.get(subject) else {
         let payload = jobs::failure_payload(event, "not_supported");
         return match hub.outlet.publish(failed, payload).await {
-            Ok(sent) => Settled::Acked("not_supported", Some(sent)),
+            Ok(sent) => {
+                record(hub, event, JobStatus::Failed, None, Some("not_supported")).await;
+                Settled::Acked("not_supported", Some(sent))
+            }
             Err(e) => {
                 tracing::warn!(subject, error = %e, "could not publish not_supported");
                 Settled::Retry(Some(backoff(config, delivered)))
@@ -672,6 +690,7 @@ async fn run_job(
             _ = cancel.notified() => {
                 run.abort();
                 tracing::info!(subject, event_id = %event.event_id, "job handed back (node stopping)");
+                record(hub, event, JobStatus::Queued, None, Some("handed back: the node stopped")).await;
                 return Settled::Retry(None);
             }
         }
@@ -679,16 +698,23 @@ async fn run_job(
     match outcome {
         Outcome::Done(payload) => {
             let result = jobs::result_subject(subject).unwrap_or(subject);
+            let kept = Value::Object(payload.clone());
             match hub.outlet.publish(result, payload).await {
-                Ok(sent) => Settled::Acked("done", Some(sent)),
+                Ok(sent) => {
+                    record(hub, event, JobStatus::Done, Some(&kept), None).await;
+                    Settled::Acked("done", Some(sent))
+                }
                 Err(e) => {
                     tracing::warn!(subject, error = %e, "could not publish a job result; retrying the job");
+                    let reason = format!("could not publish the result: {e}");
+                    record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
                     Settled::Retry(Some(backoff(config, delivered)))
                 }
             }
         }
         Outcome::Failed { reason, retry } if retry && !last_attempt => {
             tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed; will retry");
+            record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
             Settled::Retry(Some(backoff(config, delivered)))
         }
         Outcome::Failed { reason, retry } => {
@@ -701,15 +727,37 @@ async fn run_job(
                 Ok(sent) => Some(sent),
                 Err(e) => {
                     tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
+                    record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
                     return Settled::Retry(Some(backoff(config, delivered)));
                 }
             };
+            record(hub, event, JobStatus::Failed, None, Some(&reason)).await;
             if retry {
                 Settled::DeadLetter(format!("max deliveries reached: {reason}"), sent)
             } else {
                 Settled::Acked("failed", sent)
             }
         }
+    }
+}
+
+/// Record a job's new state; a database error is logged, never the job's failure.
+async fn record(
+    hub: &Hub,
+    event: &Envelope,
+    status: JobStatus,
+    result: Option<&Value>,
+    error: Option<&str>,
+) {
+    let Some(store) = &hub.store else {
+        return;
+    };
+    if let Err(e) = store
+        .job_status(&event.event_id, status, result, error)
+        .await
+    {
+        hub.metrics.store_errors.with_label_values(&["job"]).inc();
+        tracing::warn!(event_id = %event.event_id, error = %e, "could not record a job's state");
     }
 }
 

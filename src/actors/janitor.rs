@@ -1,5 +1,7 @@
 //! Janitor: the node's periodic housekeeping every `history.sweep_interval_s`:
-//! expired history messages, forgotten topics, idle per-user rate buckets.
+//! expired history messages, forgotten topics, idle per-user rate buckets; and
+//! every `database.retention_interval_s`, database retention (messages past their
+//! topic's `database.retention` rule, finished jobs past `job_retention_days`).
 //!
 //! Supervised by the RootSupervisor (permanent); it owns nothing but its timer.
 
@@ -14,6 +16,7 @@ pub struct Janitor;
 
 pub enum JanitorMsg {
     Sweep,
+    Retain,
 }
 
 impl Actor for Janitor {
@@ -28,6 +31,10 @@ impl Actor for Janitor {
     ) -> Result<Arc<Hub>, ActorProcessingErr> {
         let every = Duration::from_secs(hub.config.history.sweep_interval_s);
         myself.send_interval(every, || JanitorMsg::Sweep);
+        if hub.store.is_some() {
+            let every = Duration::from_secs(hub.config.database.retention_interval_s);
+            myself.send_interval(every, || JanitorMsg::Retain);
+        }
         Ok(hub)
     }
 
@@ -42,7 +49,45 @@ impl Actor for Janitor {
                 hub.history.sweep();
                 hub.user_limits.sweep();
             }
+            JanitorMsg::Retain => retain(hub).await,
         }
         Ok(())
+    }
+}
+
+/// Apply `database.retention` and `database.job_retention_days` once.
+pub async fn retain(hub: &Hub) {
+    let Some(store) = &hub.store else {
+        return;
+    };
+    let config = &hub.config.database;
+    let now = crate::store::now_ms();
+    match store.enforce_retention(&config.retention, now).await {
+        Ok(0) => {}
+        Ok(n) => {
+            hub.metrics.store_retention_deleted.inc_by(n);
+            tracing::info!(messages = n, "retention deleted messages");
+        }
+        Err(e) => {
+            hub.metrics
+                .store_errors
+                .with_label_values(&["retention"])
+                .inc();
+            tracing::warn!(error = %e, "message retention failed");
+        }
+    }
+    if config.job_retention_days > 0 {
+        let before = now - config.job_retention_days as i64 * 86_400_000;
+        match store.delete_finished_jobs(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "retention deleted finished jobs"),
+            Err(e) => {
+                hub.metrics
+                    .store_errors
+                    .with_label_values(&["retention"])
+                    .inc();
+                tracing::warn!(error = %e, "job retention failed");
+            }
+        }
     }
 }

@@ -19,7 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 
 use crate::channels::{Channel, ChannelCtx, ChannelError, Reply, RouteError};
-use crate::history::{Since, join_response};
+use crate::history::{Since, join_response, last_from_join};
 use crate::hub::{Hub, SessionEntry};
 use crate::limits::TokenBucket;
 use crate::protocols::jwt::Claims;
@@ -189,6 +189,7 @@ impl SessionState {
                 // Subscribe, reply {offset, epoch, recovered?} and replay what the
                 // client missed, atomically (see crate::history).
                 let since = Since::from_join(&m.payload);
+                let last = last_from_join(&m.payload);
                 let subscriber = Subscriber {
                     session: self.id,
                     vsn: self.vsn,
@@ -201,6 +202,7 @@ impl SessionState {
                         &topic,
                         subscriber,
                         since.as_ref(),
+                        last,
                         &self.hub.metrics,
                         |state| {
                             let response = join_response(response, state);

@@ -4,8 +4,12 @@
 //! Work queues keep JetStream's contract within the process: a delivery is owed
 //! until acknowledged, comes back after `ack_wait_ms` when dropped, after its delay
 //! when negatively acknowledged, and goes to `armoricore.dlq.<subject>` (as a plain
-//! event) once `max_deliver` deliveries are used up. Work does not outlive the
-//! process: durable work needs NATS (`MESSAGE_BUS_URL`).
+//! event) once `max_deliver` deliveries are used up.
+//!
+//! With a database (the default) work outlives the process: every work message is
+//! recorded as a job (`queued`) before `enqueue` returns, and a node that starts
+//! queues its own unfinished jobs again ([`MemoryBus::restore`]). Without one, work
+//! lives and dies with the process.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -45,8 +49,16 @@ struct Recent {
     order: VecDeque<(Instant, String)>,
 }
 
+/// Where the embedded bus records its work: the node's job records.
+pub struct Journal {
+    pub store: Arc<crate::store::Store>,
+    /// This node's name: a restarted node takes back only its own work.
+    pub node: String,
+}
+
 struct Shared {
     config: BusConfig,
+    journal: Option<Journal>,
     metrics: Arc<Metrics>,
     plain: broadcast::Sender<Message>,
     queues: Mutex<HashMap<String, Queue>>,
@@ -62,10 +74,11 @@ pub struct MemoryBus {
 }
 
 impl MemoryBus {
-    pub fn new(config: BusConfig, metrics: Arc<Metrics>) -> MemoryBus {
+    pub fn new(config: BusConfig, metrics: Arc<Metrics>, journal: Option<Journal>) -> MemoryBus {
         metrics.bus_connected.set(1);
         MemoryBus {
             shared: Arc::new(Shared {
+                journal,
                 plain: broadcast::channel(config.buffer_events.max(16)).0,
                 config,
                 metrics,
@@ -75,6 +88,61 @@ impl MemoryBus {
                 work_added: Notify::new(),
             }),
         }
+    }
+}
+
+impl MemoryBus {
+    /// Queue again the work this node recorded and did not finish (it stopped or
+    /// died meanwhile); how many. Each goes out with its recorded deliveries reset.
+    pub async fn restore(&self) -> Result<usize, crate::store::StoreError> {
+        let Some(journal) = &self.shared.journal else {
+            return Ok(0);
+        };
+        let unfinished = journal
+            .store
+            .unfinished_jobs(&journal.node, "memory")
+            .await?;
+        for job in &unfinished {
+            journal
+                .store
+                .job_status(
+                    &job.id,
+                    crate::store::JobStatus::Queued,
+                    None,
+                    Some("re-queued: the node restarted"),
+                )
+                .await?;
+            let wire = format!("{}{}", self.shared.config.subject_prefix, job.kind);
+            // A publisher retrying the same event meanwhile is a duplicate.
+            let now = Instant::now();
+            let mut recent = self.shared.recent.lock();
+            recent.ids.insert(job.id.clone(), now);
+            recent.order.push_back((now, job.id.clone()));
+            drop(recent);
+            tracing::info!(subject = %job.kind, event_id = %job.id, status = job.status.as_str(), "re-queued unfinished work");
+            self.push(&wire, Bytes::from(job.request.clone()));
+        }
+        Ok(unfinished.len())
+    }
+
+    /// Add a work message to its queue.
+    fn push(&self, subject: &str, body: Bytes) {
+        let id = self
+            .shared
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .queues
+            .lock()
+            .entry(subject.to_string())
+            .or_default()
+            .ready
+            .push_back(Item {
+                id,
+                body,
+                delivered: 0,
+            });
+        self.shared.work_added.notify_waiters();
     }
 }
 
@@ -283,22 +351,33 @@ impl Bus for MemoryBus {
             recent.ids.insert(event_id.to_string(), now);
             recent.order.push_back((now, event_id.to_string()));
         }
-        let id = self
-            .shared
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.shared
-            .queues
-            .lock()
-            .entry(subject.to_string())
-            .or_default()
-            .ready
-            .push_back(Item {
-                id,
-                body,
-                delivered: 0,
-            });
-        self.shared.work_added.notify_waiters();
+        if let Some(journal) = &self.shared.journal {
+            let kind = subject
+                .strip_prefix(self.shared.config.subject_prefix.as_str())
+                .unwrap_or(subject);
+            let payload = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("payload").and_then(|p| p.as_object()).cloned())
+                .unwrap_or_default();
+            let job = crate::store::jobs::NewJob {
+                id: event_id,
+                kind,
+                payload: &payload,
+                node: &journal.node,
+                bus: "memory",
+                request: &String::from_utf8_lossy(&body),
+            };
+            if let Err(e) = journal.store.job_queued(&job).await {
+                self.shared.recent.lock().ids.remove(event_id);
+                self.shared
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["job"])
+                    .inc();
+                return Err(BusError::Journal(e.to_string()));
+            }
+        }
+        self.push(subject, body);
         Ok(())
     }
 
@@ -370,7 +449,7 @@ mod tests {
     fn bus(adjust: impl FnOnce(&mut BusConfig)) -> MemoryBus {
         let mut c = crate::config::Config::defaults().bus;
         adjust(&mut c);
-        MemoryBus::new(c, Arc::new(Metrics::new()))
+        MemoryBus::new(c, Arc::new(Metrics::new()), None)
     }
 
     async fn one(bus: &MemoryBus, wait_ms: u64) -> Option<Delivery> {

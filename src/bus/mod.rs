@@ -56,6 +56,8 @@ pub enum BusError {
     Invalid(String),
     #[error("bus: {0}")]
     Nats(String),
+    #[error("could not record the work: {0}")]
+    Journal(String),
 }
 
 impl BusError {
@@ -154,9 +156,22 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// The bus the configuration asks for: NATS when `bus.url` is set, else in-process.
-pub async fn connect(config: &BusConfig, metrics: Arc<Metrics>) -> Result<Arc<dyn Bus>, BusError> {
+///
+/// The embedded bus records its work in `journal` (the node's job records), so a
+/// restarted node takes it up again; NATS keeps work itself.
+pub async fn connect(
+    config: &BusConfig,
+    metrics: Arc<Metrics>,
+    journal: Option<memory::Journal>,
+) -> Result<Arc<dyn Bus>, BusError> {
     if config.url.is_empty() {
-        Ok(Arc::new(memory::MemoryBus::new(config.clone(), metrics)))
+        let bus = memory::MemoryBus::new(config.clone(), metrics, journal);
+        match bus.restore().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "re-queued work left unfinished by the last run"),
+            Err(e) => tracing::warn!(error = %e, "could not re-queue unfinished work"),
+        }
+        Ok(Arc::new(bus))
     } else {
         Ok(Arc::new(
             nats::NatsBus::connect(config.clone(), metrics).await?,

@@ -2,8 +2,8 @@
 //!
 //! | topic                  | client → server                          | server → clients |
 //! |------------------------|------------------------------------------|------------------|
-//! | `chat:room:{id}`       | `new_message {content}` → `{id, offset}`, `typing_start`, `typing_stop` | `new_message`, `user_typing`, presence |
-//! | `comments:stream:{id}` | `new_comment {content}` → `{id, offset}` | `new_comment` |
+//! | `chat:room:{id}`       | `new_message {content}` → `{id, offset}`, `typing_start`, `typing_stop`, `history {before, limit}` → `{messages, more}` | `new_message`, `user_typing`, `msg_deleted`, presence |
+//! | `comments:stream:{id}` | `new_comment {content}` → `{id, offset}`, `history {before, limit}` | `new_comment`, `msg_deleted` |
 //! | `presence:room:{id}`   | `update_status {status}`                 | presence |
 //! | `user:{id}`            | —                                        | server pushes only |
 
@@ -63,7 +63,7 @@ async fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usi
     };
     let id = uuid::Uuid::now_v7().to_string();
     let timestamp = now_rfc3339();
-    let published = ctx
+    let published = match ctx
         .hub
         .history
         .publish_any(
@@ -81,7 +81,12 @@ async fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usi
             },
             |sent| json!({"id": sent["id"], "offset": sent["offset"]}),
         )
-        .await;
+        .await
+    {
+        Ok(published) => published,
+        // Not stored, so not sent: the client may retry (with its idempotency key).
+        Err(e) => return Reply::error(e.to_string()),
+    };
     if let Published::New { offset, .. } = &published
         && let Some(room) = ctx.topic.strip_prefix("chat:room:")
         && ctx.hub.config.bus.publish_chat
@@ -97,6 +102,33 @@ async fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usi
         }
     }
     Reply::Ok(published.reply())
+}
+
+/// `history {before?, limit?}` → `{messages: [...], more}`: a page of older
+/// messages, oldest first (`before`: an offset; absent: the newest).
+async fn history(ctx: &ChannelCtx<'_>, payload: &Value) -> Reply {
+    let before = match payload.get("before") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(b) => Some(b),
+            None => return Reply::error("before must be an offset (a non-negative integer)"),
+        },
+    };
+    let limit = match payload.get("limit") {
+        None | Some(Value::Null) => 50,
+        Some(v) => match v.as_u64() {
+            Some(l) if l >= 1 => l.min(u32::MAX as u64) as usize,
+            _ => return Reply::error("limit must be a positive integer"),
+        },
+    };
+    match ctx.hub.history.page(ctx.topic, before, limit).await {
+        Ok(page) => {
+            let more = page.len() >= limit.min(ctx.hub.config.database.page_max);
+            let messages: Vec<Value> = page.into_iter().map(|m| m.payload).collect();
+            Reply::Ok(json!({"messages": messages, "more": more}))
+        }
+        Err(e) => Reply::error(e.to_string()),
+    }
 }
 
 /// `chat:room:{id}`: messages, typing indicators, presence.
@@ -121,6 +153,7 @@ impl Channel for ChatRoom {
             "new_message" => Ok(Some(
                 post(ctx, "new_message", &payload, self.max_chars).await,
             )),
+            "history" => Ok(Some(history(ctx, &payload).await)),
             "typing_start" | "typing_stop" => {
                 let typing = event == "typing_start";
                 ctx.broadcast_from(
@@ -151,6 +184,7 @@ impl Channel for CommentStream {
             "new_comment" => Ok(Some(
                 post(ctx, "new_comment", &payload, self.max_chars).await,
             )),
+            "history" => Ok(Some(history(ctx, &payload).await)),
             other => unknown_event(other),
         }
     }

@@ -7,11 +7,16 @@
 //!                        event_id?, source?}         without NATS drives the embedded bus) → 202 {event_id}
 //! GET  /api/presence/{topic}                         Presence.list: {key: {metas: [..]}}  → 200
 //! POST /api/disconnect  {user_id}                    close all of the user's sockets      → 200 {disconnected}
+//! GET  /api/history/{topic}?before=&limit=           older messages, oldest first         → 200 {messages, more}
+//! DELETE /api/messages/{id}                          delete a message; topic gets msg_deleted → 200 / 404
+//! GET  /api/media/{id}                               a media's transcode: status, renditions → 200 / 404
+//! GET  /api/jobs?status=&kind=&limit=                job records, newest change first     → 200 {jobs}
 //! ```
 //!
 //! Every request carries `Authorization: apikey <api.key>`; with no key configured
 //! the API is off. Refusals are JSON `{error, reason}`: 401 bad key, 400 bad JSON
-//! or fields, 422 an event its subject's schema refuses, 503 bus unreachable.
+//! or fields, 404 no such record, 422 an event its subject's schema refuses, 503 bus or
+//! database unreachable (or `database.url = "off"`).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -188,4 +193,177 @@ pub async fn disconnect(
     let closed = hub.disconnect_user(&user_id, 1000, "disconnected by the server");
     tracing::info!(user_id, closed, "disconnected by the server API");
     Ok(Json(json!({"disconnected": closed})))
+}
+
+/// The query string as a map (`?before=10&limit=5`).
+type Params = axum::extract::Query<std::collections::HashMap<String, String>>;
+
+/// An optional numeric query parameter.
+fn number(params: &Params, name: &str) -> Result<Option<u64>, Refusal> {
+    match params.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| bad_request(format!("{name} must be a non-negative integer"))),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
+}
+
+fn not_found(reason: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::NOT_FOUND, "not_found", reason)
+}
+
+/// The database, or 503 when messages and jobs are not kept.
+fn store(hub: &Hub) -> Result<&crate::store::Store, Refusal> {
+    hub.store
+        .as_deref()
+        .ok_or_else(|| unavailable("nothing is kept: database.url is \"off\""))
+}
+
+/// `GET /api/history/{topic}?before=<offset>&limit=N`: a page of older messages,
+/// oldest first, `more` when older ones remain.
+pub async fn history(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(topic): Path<String>,
+    params: Params,
+) -> Result<Json<Value>, Refusal> {
+    authorize(&hub, &headers)?;
+    let before = number(&params, "before")?;
+    let limit = number(&params, "limit")?.unwrap_or(50);
+    if limit == 0 {
+        return Err(bad_request("limit must be at least 1"));
+    }
+    let limit = (limit as usize).min(hub.config.database.page_max);
+    let page = hub
+        .history
+        .page(&topic, before, limit)
+        .await
+        .map_err(unavailable)?;
+    let more = page.len() == limit;
+    let messages: Vec<Value> = page.into_iter().map(|m| m.payload).collect();
+    Ok(Json(
+        json!({"topic": topic, "messages": messages, "more": more}),
+    ))
+}
+
+/// `DELETE /api/messages/{id}`: remove a message (moderation); the topic is told
+/// `msg_deleted {id, offset}`.
+pub async fn delete_message(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Refusal> {
+    authorize(&hub, &headers)?;
+    match hub.history.delete(&id).await.map_err(unavailable)? {
+        Some((topic, offset)) => {
+            tracing::info!(id, topic, offset, "message deleted by the server API");
+            Ok(Json(
+                json!({"deleted": {"id": id, "topic": topic, "offset": offset}}),
+            ))
+        }
+        None => Err(not_found(format!("no message {id:?} is kept"))),
+    }
+}
+
+fn rfc3339(ms: Option<i64>) -> Value {
+    match ms {
+        Some(ms) if ms >= 0 => {
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+            json!(humantime::format_rfc3339_millis(at).to_string())
+        }
+        _ => Value::Null,
+    }
+}
+
+/// A job record as the API shows it.
+fn job_json(job: &crate::store::JobRecord) -> Value {
+    json!({
+        "id": job.id,
+        "kind": job.kind,
+        "subject_id": job.subject_id,
+        "user_id": job.user_id,
+        "status": job.status.as_str(),
+        "attempts": job.attempts,
+        "node": job.node,
+        "error": job.error,
+        "result": job.result,
+        "created_at": rfc3339(Some(job.created_at_ms)),
+        "updated_at": rfc3339(Some(job.updated_at_ms)),
+        "started_at": rfc3339(job.started_at_ms),
+        "finished_at": rfc3339(job.finished_at_ms),
+    })
+}
+
+/// `GET /api/media/{id}`: the media's newest transcode: status, attempts, error,
+/// timestamps, and once ready its renditions and URLs (the `media.ready` payload).
+pub async fn media(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Refusal> {
+    authorize(&hub, &headers)?;
+    let job = store(&hub)?
+        .job_for(events::MEDIA_UPLOADED, &id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| not_found(format!("no media {id:?} was submitted to this cluster")))?;
+    let mut media = json!({
+        "media_id": id,
+        "user_id": job.user_id,
+        "status": job.status.as_str(),
+        "attempts": job.attempts,
+        "error": job.error,
+        "job_id": job.id,
+        "created_at": rfc3339(Some(job.created_at_ms)),
+        "updated_at": rfc3339(Some(job.updated_at_ms)),
+        "started_at": rfc3339(job.started_at_ms),
+        "finished_at": rfc3339(job.finished_at_ms),
+    });
+    if let (Some(Value::Object(result)), Value::Object(out)) = (&job.result, &mut media) {
+        for (k, v) in result {
+            out.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    Ok(Json(media))
+}
+
+/// `GET /api/jobs?status=failed&kind=media.uploaded&limit=N`: job records, the
+/// most recently changed first.
+pub async fn jobs(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<Value>, Refusal> {
+    authorize(&hub, &headers)?;
+    let status = match params.get("status") {
+        None => None,
+        Some(s) => Some(crate::store::JobStatus::parse(s).ok_or_else(|| {
+            bad_request("status must be one of queued, running, retrying, done, failed")
+        })?),
+    };
+    let kind = params.get("kind").map(String::as_str);
+    if let Some(kind) = kind
+        && !WORK_SUBJECTS.contains(&kind)
+    {
+        return Err(bad_request(format!(
+            "kind must be a work subject: {}",
+            WORK_SUBJECTS.join(", ")
+        )));
+    }
+    let limit = number(&params, "limit")?.unwrap_or(100).clamp(1, 1000) as usize;
+    let jobs = store(&hub)?
+        .jobs(status, kind, limit)
+        .await
+        .map_err(unavailable)?;
+    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+    Ok(Json(json!({"jobs": jobs})))
 }

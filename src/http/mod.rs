@@ -24,7 +24,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -49,6 +49,10 @@ pub fn app(hub: Arc<Hub>) -> Router {
         .route("/api/events", post(api::publish_event))
         .route("/api/presence/{topic}", get(api::presence))
         .route("/api/disconnect", post(api::disconnect))
+        .route("/api/history/{topic}", get(api::history))
+        .route("/api/messages/{id}", delete(api::delete_message))
+        .route("/api/media/{id}", get(api::media))
+        .route("/api/jobs", get(api::jobs))
         .with_state(hub);
     match media_root {
         Some(root) => router.nest_service(
@@ -145,6 +149,16 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
     if let Some(up) = hub.cluster_ready() {
         degraded |= !up;
         body["redis"] = json!({"status": if up { "up" } else { "down" }});
+    }
+    if let Some(store) = &hub.store {
+        let up = tokio::time::timeout(std::time::Duration::from_secs(2), store.ping())
+            .await
+            .unwrap_or(false);
+        degraded |= !up;
+        body["database"] = json!({
+            "kind": store.backend().name(),
+            "status": if up { "up" } else { "down" },
+        });
     }
     if degraded {
         body["status"] = json!("degraded");

@@ -1,0 +1,151 @@
+//! The message writer: one task that commits messages in batches.
+//!
+//! Publishers hand a message over and wait for its [`Ticket`]. The writer takes
+//! everything waiting (up to `database.batch_max`) and commits it in one
+//! transaction, so while one batch commits the next one fills: the busier the
+//! node, the bigger the batches, and the commit cost is shared.
+//!
+//! Order: messages are committed in the order they were submitted, and every
+//! ticket of a batch has its [`Status`] set before any of them is answered. A
+//! publisher that was answered can therefore rely on every earlier submission's
+//! status being final (see `crate::history`, which broadcasts in offset order).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Store, StoredMessage};
+
+/// A submitted message's fate, shared with whoever orders broadcasts.
+#[derive(Clone, Default)]
+pub struct Status(Arc<AtomicU8>);
+
+impl Status {
+    const PENDING: u8 = 0;
+    const COMMITTED: u8 = 1;
+    const FAILED: u8 = 2;
+
+    fn set(&self, committed: bool) {
+        let v = if committed {
+            Self::COMMITTED
+        } else {
+            Self::FAILED
+        };
+        self.0.store(v, Ordering::Release);
+    }
+
+    /// `None` while pending; then whether it was committed.
+    pub fn committed(&self) -> Option<bool> {
+        match self.0.load(Ordering::Acquire) {
+            Self::PENDING => None,
+            v => Some(v == Self::COMMITTED),
+        }
+    }
+
+    /// A status already final (for messages that are not written).
+    pub fn done() -> Status {
+        let s = Status::default();
+        s.set(true);
+        s
+    }
+}
+
+/// Waits for one message's commit.
+pub struct Ticket {
+    pub status: Status,
+    done: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Ticket {
+    /// Ok once committed; the reason otherwise.
+    pub async fn committed(self) -> Result<(), String> {
+        self.done
+            .await
+            .unwrap_or_else(|_| Err("database writer stopped".into()))
+    }
+}
+
+struct Submitted {
+    message: StoredMessage,
+    status: Status,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The handle publishers submit messages through.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Submitted>,
+}
+
+impl Writer {
+    /// Start the writer task over `store`, committing at most `batch_max` per batch.
+    pub fn start(store: Arc<Store>, batch_max: usize) -> Writer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, rx, batch_max.max(1)));
+        Writer { tx }
+    }
+
+    /// Queue `message`; its ticket resolves once its batch is committed (or failed).
+    pub fn submit(&self, message: StoredMessage) -> Ticket {
+        let (done, rx) = oneshot::channel();
+        let status = Status::default();
+        let submitted = Submitted {
+            message,
+            status: status.clone(),
+            done,
+        };
+        if let Err(mpsc::error::SendError(s)) = self.tx.send(submitted) {
+            s.status.set(false);
+            let _ = s.done.send(Err("database writer stopped".into()));
+        }
+        Ticket { status, done: rx }
+    }
+}
+
+async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Submitted>, batch_max: usize) {
+    let mut batch = Vec::with_capacity(batch_max);
+    while rx.recv_many(&mut batch, batch_max).await > 0 {
+        let messages: Vec<StoredMessage> = batch.iter().map(|s| s.message.clone()).collect();
+        let started = Instant::now();
+        let mut result = commit(&store, &messages).await;
+        if result.is_err() {
+            // Once more: a lock or a dropped connection passes.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            result = commit(&store, &messages).await;
+        }
+        let metrics = &store.metrics;
+        match &result {
+            Ok(()) => {
+                metrics
+                    .store_write_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.store_batch_messages.observe(messages.len() as f64);
+            }
+            Err(reason) => {
+                metrics.store_errors.with_label_values(&["write"]).inc();
+                tracing::warn!(messages = messages.len(), %reason, "could not store messages");
+            }
+        }
+        for s in &batch {
+            s.status.set(result.is_ok());
+        }
+        for s in batch.drain(..) {
+            let _ = s.done.send(result.clone());
+        }
+    }
+}
+
+/// Insert `messages`; a panic in the driver is a failed batch, not a dead writer.
+async fn commit(store: &Store, messages: &[StoredMessage]) -> Result<(), String> {
+    match AssertUnwindSafe(store.insert_messages(messages))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("database driver panicked".into()),
+    }
+}
