@@ -93,15 +93,19 @@ impl MemoryBus {
 
 impl MemoryBus {
     /// Queue again the work this node recorded and did not finish (it stopped or
-    /// died meanwhile); how many. Each goes out with its recorded deliveries reset.
+    /// died meanwhile); how many. Each goes out with its delivery count reset (its
+    /// record's `attempts` keeps counting).
     pub async fn restore(&self) -> Result<usize, crate::store::StoreError> {
         let Some(journal) = &self.shared.journal else {
             return Ok(0);
         };
-        let unfinished = journal
-            .store
-            .unfinished_jobs(&journal.node, "memory")
-            .await?;
+        // A SQLite file belongs to one node, whatever its name was last time (its
+        // port may have changed); a shared PostgreSQL holds other nodes' work too.
+        let node = match journal.store.backend() {
+            crate::store::Backend::Sqlite => None,
+            crate::store::Backend::Postgres => Some(journal.node.as_str()),
+        };
+        let unfinished = journal.store.unfinished_jobs(node, "memory").await?;
         for job in &unfinished {
             journal
                 .store

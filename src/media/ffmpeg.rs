@@ -59,6 +59,17 @@ pub async fn run(
         .hide_banner()
         .args(["-progress", "pipe:1", "-nostats", "-y"])
         .args(args);
+    // If the node dies (kill -9), its ffmpeg dies with it rather than run on
+    // unowned while the restarted node runs the job again. (The signal follows the
+    // spawning thread: here a runtime worker, which lives as long as the node.)
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command.as_inner_mut(), || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     tracing::debug!(args = %args.join(" "), "ffmpeg");
     let mut child = command
         .spawn()

@@ -247,19 +247,20 @@ impl Store {
         rows.iter().map(record).collect()
     }
 
-    /// Jobs `node` took from `bus` and did not finish, oldest first.
+    /// Jobs `node` (any node when `None`) took from `bus` and did not finish,
+    /// oldest first.
     pub async fn unfinished_jobs(
         &self,
-        node: &str,
+        node: Option<&str>,
         bus: &str,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM jobs WHERE node = $1 AND bus = $2 \
+            "SELECT {COLUMNS} FROM jobs WHERE bus = $1 AND ($2 = '' OR node = $2) \
              AND status IN ('queued', 'running', 'retrying') ORDER BY created_at, id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(node)
             .bind(bus)
+            .bind(node.unwrap_or(""))
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(record).collect()

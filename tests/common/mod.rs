@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod db;
 pub mod jobs;
 pub mod nats;
 pub mod redis;
