@@ -257,6 +257,8 @@ pub struct DatabaseConfig {
     pub connect_timeout_s: u64,
     /// Messages written in one transaction at most.
     pub batch_max: usize,
+    /// How long the writer waits for a batch to fill (0: commit what is there).
+    pub batch_linger_ms: u64,
     /// Messages one history page gives at most.
     pub page_max: usize,
     pub retention_interval_s: u64,

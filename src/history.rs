@@ -18,6 +18,12 @@
 //! The epoch is random per topic history: it changes whenever the history is lost
 //! (a node restart, a topic forgotten after `idle_ttl_s`).
 //!
+//! With a database ([`Persist`]) the history survives both: a topic's epoch, head
+//! and newest messages are read from it the first time the node touches the topic,
+//! and every message is written before it is broadcast (see [`History::publish_any`]):
+//! numbered and handed to the batched writer under the topic's lock, broadcast in
+//! offset order once its batch committed.
+//!
 //! In a cluster (`REDIS_URL`) the history is shared instead, in Redis (see
 //! [`History::publish_any`] and [`History::join_any`]): offsets are numbered by
 //! Redis, kept messages live there, and a join on any node recovers from them.
@@ -50,6 +56,46 @@ pub struct Persist {
 pub enum HistoryError {
     #[error("history unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Broadcasts a topic's settled messages if dropped before being disarmed: a
+/// publisher that goes away mid-commit (its session ended) must not leave its
+/// message, and those queued behind it, unsent.
+struct FlushOnDrop(Option<Flush>);
+
+/// A topic's history, where it broadcasts, and its name.
+type Flush = (Arc<Mutex<TopicHistory>>, Arc<PubSub>, Arc<str>);
+
+impl FlushOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        let Some((t, pubsub, topic)) = self.0.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            // Until the front of the queue is settled (its batch answered).
+            for _ in 0..6000 {
+                let settled = t
+                    .lock()
+                    .pending
+                    .front()
+                    .is_none_or(|p| p.status.committed().is_some());
+                if settled {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            t.lock().flush(&pubsub, &topic);
+        });
+    }
 }
 
 /// A message numbered and handed to the database, not yet broadcast.
@@ -152,16 +198,15 @@ impl TopicHistory {
         });
     }
 
-    /// Broadcast, in offset order, the pending messages up to `upto` whose commit
-    /// is known; drop those that failed (their publishers got an error).
-    fn flush(&mut self, pubsub: &PubSub, topic: &str, upto: u64) {
+    /// Broadcast, in offset order, the pending messages whose commit is known, up
+    /// to the first still pending; drop those that failed (their publishers got an
+    /// error). Run by each publisher once its own batch is settled, so the last
+    /// batch to settle sends whatever waited for it.
+    fn flush(&mut self, pubsub: &PubSub, topic: &str) {
         let now = Instant::now();
         while let Some(front) = self.pending.front() {
-            if front.offset > upto {
-                break;
-            }
             let Some(committed) = front.status.committed() else {
-                break; // not reached: the writer settles a whole batch before answering
+                break; // an earlier batch still commits: its publisher flushes after it
             };
             let Some(p) = self.pending.pop_front() else {
                 break;
@@ -253,7 +298,7 @@ pub fn last_from_join(payload: &Value) -> Option<usize> {
 }
 
 /// The row a published payload is kept as.
-fn stored(topic: &str, event: &str, offset: u64, payload: &Value) -> StoredMessage {
+fn stored(topic: &str, event: &str, offset: u64, payload: &Arc<Value>) -> StoredMessage {
     let text = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_string);
     StoredMessage {
         msg_id: text("id").unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
@@ -273,7 +318,7 @@ fn newest(h: &TopicHistory, limit: usize, older: Vec<StoredMessage>) -> Vec<Valu
     let mut out: Vec<Value> = older
         .into_iter()
         .filter(|m| m.offset < first_kept && m.offset <= h.head)
-        .map(|m| m.payload)
+        .map(|m| Arc::unwrap_or_clone(m.payload))
         .collect();
     out.extend(h.ring.iter().map(|e| (*e.payload).clone()));
     let skip = out.len().saturating_sub(limit);
@@ -477,9 +522,15 @@ impl History {
         if loaded {
             return Ok(t);
         }
+        // In a cluster the recent messages are Redis's; only epoch and head are read.
+        let recent = if self.pubsub.cluster().is_some() {
+            0
+        } else {
+            size
+        };
         let state = persist
             .store
-            .topic_state(topic, &new_epoch(), size)
+            .topic_state(topic, &new_epoch(), recent)
             .await
             .map_err(|e| {
                 persist
@@ -502,7 +553,7 @@ impl History {
             h.ring.push_back(Entry {
                 offset: m.offset,
                 event: Arc::from(m.event.as_str()),
-                payload: Arc::new(m.payload),
+                payload: m.payload,
                 at,
             });
         }
@@ -510,6 +561,28 @@ impl History {
         h.loaded = true;
         drop(guard);
         Ok(t)
+    }
+
+    /// In a cluster, what Redis starts the topic's shared history from if it has
+    /// none: with a database, its epoch and head (so offsets never restart and
+    /// the epoch outlives Redis); else a new epoch at 0.
+    async fn seed(&self, topic: &str) -> crate::cluster::Seed {
+        if self.persist.is_some() {
+            match self.loaded(topic).await {
+                Ok(t) => {
+                    let h = t.lock();
+                    return crate::cluster::Seed {
+                        epoch: h.epoch.clone(),
+                        head: h.head.max(h.numbered),
+                    };
+                }
+                Err(e) => tracing::warn!(topic, error = %e, "no stored history to seed Redis from"),
+            }
+        }
+        crate::cluster::Seed {
+            epoch: new_epoch(),
+            head: 0,
+        }
     }
 
     /// [`History::publish`] with the message written to the database first: it is
@@ -546,16 +619,12 @@ impl History {
             });
             (offset, payload, ticket)
         };
-        // Waiting and broadcasting run to the end even if the publisher goes away,
-        // so no committed message is left unsent.
-        let (pubsub, topic_name, t2) = (self.pubsub.clone(), Arc::<str>::from(topic), t.clone());
-        let committed = tokio::spawn(async move {
-            let committed = ticket.committed().await;
-            t2.lock().flush(&pubsub, &topic_name, offset);
-            committed
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("writer task: {e}")));
+        // Should this publisher go away while its batch commits, the guard still
+        // broadcasts what the commit settles.
+        let guard = FlushOnDrop(Some((t.clone(), self.pubsub.clone(), Arc::from(topic))));
+        let committed = ticket.committed().await;
+        guard.disarm();
+        t.lock().flush(&self.pubsub, topic);
         committed.map_err(HistoryError::Unavailable)?;
         let reply = reply(&payload);
         t.lock().remember(idempotency, &reply);
@@ -586,6 +655,7 @@ impl History {
                 }
             };
         };
+        let seed = self.seed(topic).await;
         let gate = self.gate(topic);
         let _one_at_a_time = gate.lock().await;
         let (size, ttl) = self.rule(topic);
@@ -604,12 +674,16 @@ impl History {
                     ttl_s: ttl.as_secs(),
                     idle_ttl_s: self.config.idle_ttl_s,
                 },
-                &new_epoch(),
+                &seed,
             )
             .await;
         let offset = match numbered {
             Ok((offset, _epoch)) => {
                 crate::cluster::set_offset(&mut value, offset);
+                let t = self.topic(topic);
+                let mut h = t.lock();
+                h.head = h.head.max(offset);
+                drop(h);
                 // Redis published it to the other nodes; this node delivers its own.
                 self.pubsub.broadcast_local(topic, event, &value, None);
                 offset
@@ -626,7 +700,7 @@ impl History {
         };
         if let Some(p) = &self.persist {
             p.writer
-                .submit(stored(topic, event, offset, &value))
+                .submit(stored(topic, event, offset, &Arc::new(value.clone())))
                 .committed()
                 .await
                 .map_err(HistoryError::Unavailable)?;
@@ -673,7 +747,15 @@ impl History {
         reply: impl FnOnce(&JoinState) -> Frame,
     ) -> JoinState {
         let Some(cluster) = self.pubsub.cluster().cloned() else {
-            let t = match self.loaded(topic).await {
+            // Topics that keep no messages (`user:*`, `presence:*`) are read from the
+            // database only once something is published on them.
+            let keeps = self.rule(topic).0 > 0 || last.is_some();
+            let loaded = if keeps {
+                self.loaded(topic).await
+            } else {
+                Ok(self.topic(topic))
+            };
+            let t = match loaded {
                 Ok(t) => t,
                 Err(e) => {
                     // Joined all the same; offsets continue once the database answers
@@ -687,14 +769,19 @@ impl History {
         };
         let messages = self.older(topic, last).await.map(|(limit, older)| {
             let skip = older.len().saturating_sub(limit);
-            older.into_iter().skip(skip).map(|m| m.payload).collect()
+            older
+                .into_iter()
+                .skip(skip)
+                .map(|m| Arc::unwrap_or_clone(m.payload))
+                .collect()
         });
+        let seed = self.seed(topic).await;
         self.pubsub.tap(topic, subscriber.session);
         let read = cluster
             .read_history(
                 topic,
                 since.map(|s| s.offset),
-                &new_epoch(),
+                &seed,
                 self.config.idle_ttl_s,
             )
             .await;

@@ -93,7 +93,11 @@ impl Hub {
             node_name,
         } = services;
         let persist = store.clone().map(|store| crate::history::Persist {
-            writer: crate::store::Writer::start(store.clone(), config.database.batch_max),
+            writer: crate::store::Writer::start(
+                store.clone(),
+                config.database.batch_max,
+                std::time::Duration::from_millis(config.database.batch_linger_ms),
+            ),
             page_max: config.database.page_max,
             store,
         });

@@ -302,7 +302,7 @@ fn message(topic: &str, offset: u64, age_days: i64, now_ms: i64) -> StoredMessag
         offset,
         event: "new_message".into(),
         user_id: "u".into(),
-        payload: json!({"offset": offset}),
+        payload: Arc::new(json!({"offset": offset})),
         created_at_ms: now_ms - age_days * 86_400_000,
     }
 }
@@ -616,4 +616,49 @@ async fn an_embedded_bus_node_killed_mid_transcode_requeues_the_job_on_start() {
     assert!(master.exists(), "{media}");
     second.terminate();
     second.exit(std::time::Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn in_a_cluster_offsets_and_epoch_continue_from_the_database_when_redis_lost_them() {
+    let mut redis = common::redis::RedisServer::start().await;
+    let db = TestDb::postgres().await;
+    let on = |name: &str| {
+        let (redis_url, db_url, name) = (redis.url(), db.url(), name.to_string());
+        TestNode::start_with(move |c| {
+            c.cluster.redis_url = redis_url;
+            c.cluster.node_name = name;
+            c.cluster.heartbeat_ms = 100;
+            c.database.url = db_url;
+        })
+    };
+    let (a, b) = (on("a").await, on("b").await);
+    let topic = "chat:room:shared";
+    let mut alice = a.connect("alice").await;
+    let (jr, reply) = alice.join(topic, json!({})).await;
+    let epoch = reply["response"]["epoch"].clone();
+    let sent = post(&mut alice, &jr, topic, 5).await;
+    assert_eq!(sent[4]["offset"], 5);
+
+    // Redis restarts empty: its heads and epochs are gone, the database's are not.
+    redis.restart().await;
+    for node in [&a, &b] {
+        common::eventually("reconnected to Redis", || async {
+            node.metric("armoricore_redis_connected").await == 1.0
+        })
+        .await;
+    }
+    let mut bob = b.connect("bob").await;
+    let (jr, reply) = bob.join(topic, json!({"history": {"limit": 3}})).await;
+    assert_eq!(reply["response"]["offset"], 5, "{reply}");
+    assert_eq!(reply["response"]["epoch"], epoch, "the database's epoch");
+    assert_eq!(offsets(&reply["response"]["messages"]), vec![3, 4, 5]);
+    let next = post(&mut bob, &jr, topic, 1).await;
+    assert_eq!(
+        next[0]["offset"], 6,
+        "numbering continues past the database's head"
+    );
+    let (_, body) = api(&a, "GET", &format!("/api/history/{topic}?limit=10")).await;
+    assert_eq!(offsets(&body["messages"]), vec![1, 2, 3, 4, 5, 6]);
+    a.shutdown().await;
+    b.shutdown().await;
 }

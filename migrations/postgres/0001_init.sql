@@ -22,7 +22,6 @@ CREATE TABLE messages (
 );
 CREATE UNIQUE INDEX messages_msg_id ON messages (msg_id);
 CREATE INDEX messages_topic_seq ON messages (topic, seq);
-CREATE INDEX messages_created_at ON messages (created_at);
 
 -- Work the node took on (media.uploaded, notification.requested, ...), one row
 -- per work event, updated at each state change.

@@ -124,7 +124,10 @@ async fn history(ctx: &ChannelCtx<'_>, payload: &Value) -> Reply {
     match ctx.hub.history.page(ctx.topic, before, limit).await {
         Ok(page) => {
             let more = page.len() >= limit.min(ctx.hub.config.database.page_max);
-            let messages: Vec<Value> = page.into_iter().map(|m| m.payload).collect();
+            let messages: Vec<Value> = page
+                .into_iter()
+                .map(|m| std::sync::Arc::unwrap_or_clone(m.payload))
+                .collect();
             Reply::Ok(json!({"messages": messages, "more": more}))
         }
         Err(e) => Reply::error(e.to_string()),

@@ -81,12 +81,13 @@ struct Incoming {
 /// is always one that was published.
 ///
 /// KEYS: head hash, messages zset. ARGV: message JSON `{"n","e","p"}`, size, new
-/// epoch, message TTL (s), head TTL (s), channel. Returns `{offset, epoch}`.
+/// epoch, message TTL (s), head TTL (s), channel, the head a new hash starts from
+/// (the database's, so offsets never restart). Returns `{offset, epoch}`.
 const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[3]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', ARGV[7])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'head', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -102,13 +103,15 @@ return {offset, epoch}
 "#;
 
 /// A topic's head, epoch (created if new) and the messages after ARGV[1] (none if
-/// empty). KEYS: head hash, messages zset. ARGV: after, new epoch, head TTL (s).
+/// empty). KEYS: head hash, messages zset. ARGV: after, new epoch, head TTL (s),
+/// the head a new hash starts from.
 const READ_SCRIPT: &str = r#"
 local head = redis.call('HGET', KEYS[1], 'head')
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  head = ARGV[4]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', head)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
 local msgs = {}
@@ -117,6 +120,14 @@ if ARGV[1] ~= '' then
 end
 return {tostring(head or 0), epoch, msgs}
 "#;
+
+/// What a topic's shared history starts from when Redis has none (first use, or
+/// expired when idle): a new random epoch and 0, or the database's epoch and head.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub epoch: String,
+    pub head: u64,
+}
 
 /// How a topic's shared history is kept: messages, their TTL, the head's TTL.
 #[derive(Debug, Clone, Copy)]
@@ -322,7 +333,7 @@ impl Cluster {
         event: &str,
         payload: &Value,
         keep: Keep,
-        new_epoch: &str,
+        seed: &Seed,
     ) -> Result<(u64, String), ClusterError> {
         let Keep {
             size,
@@ -338,10 +349,11 @@ impl Cluster {
         let args: Vec<String> = vec![
             body,
             size.to_string(),
-            new_epoch.to_string(),
+            seed.epoch.clone(),
             ttl_s.max(1).to_string(),
             idle_ttl_s.max(ttl_s).max(1).to_string(),
             self.channel(topic),
+            seed.head.to_string(),
         ];
         // Redis away: numbered locally by the caller, rather than queued here
         // (a queued script would publish it a second time on reconnect).
@@ -362,13 +374,14 @@ impl Cluster {
         &self,
         topic: &str,
         after: Option<u64>,
-        new_epoch: &str,
+        seed: &Seed,
         idle_ttl_s: u64,
     ) -> Result<(u64, String, Vec<Kept>), ClusterError> {
         let args: Vec<String> = vec![
             after.map(|a| a.to_string()).unwrap_or_default(),
-            new_epoch.to_string(),
+            seed.epoch.clone(),
             idle_ttl_s.max(1).to_string(),
+            seed.head.to_string(),
         ];
         if !self.connected() {
             return Err(ClusterError::Unavailable);

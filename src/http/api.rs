@@ -249,7 +249,10 @@ pub async fn history(
         .await
         .map_err(unavailable)?;
     let more = page.len() == limit;
-    let messages: Vec<Value> = page.into_iter().map(|m| m.payload).collect();
+    let messages: Vec<Value> = page
+        .into_iter()
+        .map(|m| std::sync::Arc::unwrap_or_clone(m.payload))
+        .collect();
     Ok(Json(
         json!({"topic": topic, "messages": messages, "more": more}),
     ))

@@ -1,14 +1,16 @@
 //! The message writer: one task that commits messages in batches.
 //!
 //! Publishers hand a message over and wait for its [`Ticket`]. The writer takes
-//! everything waiting (up to `database.batch_max`) and commits it in one
-//! transaction, so while one batch commits the next one fills: the busier the
-//! node, the bigger the batches, and the commit cost is shared.
+//! everything waiting (up to `database.batch_max`) and commits it atomically, so
+//! while one batch commits the next one fills: the busier the node, the bigger the
+//! batches, and the commit cost is shared. SQLite commits one batch at a time (it
+//! has one writer anyway); PostgreSQL a few at once, on separate connections, so
+//! its commit latency (a WAL flush) does not cap throughput.
 //!
-//! Order: messages are committed in the order they were submitted, and every
-//! ticket of a batch has its [`Status`] set before any of them is answered. A
-//! publisher that was answered can therefore rely on every earlier submission's
-//! status being final (see `crate::history`, which broadcasts in offset order).
+//! Order: batches are formed in submission order, and every ticket of a batch has
+//! its [`Status`] set before any of them is answered. Whoever orders broadcasts
+//! (`crate::history`) sends a topic's messages in offset order as their statuses
+//! become final, whichever batch commits first.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -45,13 +47,6 @@ impl Status {
             v => Some(v == Self::COMMITTED),
         }
     }
-
-    /// A status already final (for messages that are not written).
-    pub fn done() -> Status {
-        let s = Status::default();
-        s.set(true);
-        s
-    }
 }
 
 /// Waits for one message's commit.
@@ -82,10 +77,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start the writer task over `store`, committing at most `batch_max` per batch.
-    pub fn start(store: Arc<Store>, batch_max: usize) -> Writer {
+    /// Start the writer task over `store`, committing at most `batch_max` per batch
+    /// and waiting up to `linger` for a batch to fill.
+    pub fn start(store: Arc<Store>, batch_max: usize, linger: Duration) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx, batch_max.max(1)));
+        let in_flight = match store.backend() {
+            super::Backend::Sqlite => 1,
+            super::Backend::Postgres => 4,
+        };
+        tokio::spawn(run(store, rx, batch_max.max(1), linger, in_flight));
         Writer { tx }
     }
 
@@ -106,36 +106,74 @@ impl Writer {
     }
 }
 
-async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Submitted>, batch_max: usize) {
-    let mut batch = Vec::with_capacity(batch_max);
-    while rx.recv_many(&mut batch, batch_max).await > 0 {
-        let messages: Vec<StoredMessage> = batch.iter().map(|s| s.message.clone()).collect();
-        let started = Instant::now();
-        let mut result = commit(&store, &messages).await;
-        if result.is_err() {
-            // Once more: a lock or a dropped connection passes.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            result = commit(&store, &messages).await;
+async fn run(
+    store: Arc<Store>,
+    mut rx: mpsc::UnboundedReceiver<Submitted>,
+    batch_max: usize,
+    linger: Duration,
+    in_flight: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    loop {
+        // A free commit slot first: meanwhile the next batch fills.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(batch_max);
+        if rx.recv_many(&mut batch, batch_max).await == 0 {
+            return; // every Writer handle is gone
         }
-        let metrics = &store.metrics;
-        match &result {
-            Ok(()) => {
-                metrics
-                    .store_write_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.store_batch_messages.observe(messages.len() as f64);
+        // A little longer for a fuller batch: fewer, bigger commits cost less
+        // (each commit writes its pages to the log) at a bounded wait.
+        if batch.len() < batch_max && !linger.is_zero() {
+            let until = tokio::time::Instant::now() + linger;
+            while batch.len() < batch_max {
+                let room = batch_max - batch.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
-            Err(reason) => {
-                metrics.store_errors.with_label_values(&["write"]).inc();
-                tracing::warn!(messages = messages.len(), %reason, "could not store messages");
-            }
         }
-        for s in &batch {
-            s.status.set(result.is_ok());
+        let store = store.clone();
+        tokio::spawn(async move {
+            write(&store, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Commit one batch (retried once), settle every ticket's status, then answer.
+async fn write(store: &Store, batch: Vec<Submitted>) {
+    let (messages, tickets): (Vec<StoredMessage>, Vec<_>) = batch
+        .into_iter()
+        .map(|s| (s.message, (s.status, s.done)))
+        .unzip();
+    let started = Instant::now();
+    let mut result = commit(store, &messages).await;
+    if result.is_err() {
+        // Once more: a lock or a dropped connection passes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        result = commit(store, &messages).await;
+    }
+    let metrics = &store.metrics;
+    match &result {
+        Ok(()) => {
+            metrics
+                .store_write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.store_batch_messages.observe(messages.len() as f64);
         }
-        for s in batch.drain(..) {
-            let _ = s.done.send(result.clone());
+        Err(reason) => {
+            metrics.store_errors.with_label_values(&["write"]).inc();
+            tracing::warn!(messages = messages.len(), %reason, "could not store messages");
         }
+    }
+    for (status, _) in &tickets {
+        status.set(result.is_ok());
+    }
+    for (_, done) in tickets {
+        let _ = done.send(result.clone());
     }
 }
 
