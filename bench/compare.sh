@@ -4,6 +4,10 @@
 # time, each started fresh for each scenario, same client harness (armoricore-bench,
 # several processes from 127.0.0.x), same machine, same run. Loopback only.
 #
+# Armoricore runs with database.url = "off" (the peers keep no messages either;
+# set ARMORICORE_DATABASE__URL to compare with it on): bench/store.sh measures what
+# the database costs.
+#
 # CPU: nothing is pinned. The server under test and the client processes share
 # the machine's cores; each result also gives the server's own CPU seconds, so
 # work per CPU-second can be compared whatever share the clients took.
@@ -57,6 +61,7 @@ start_server() {
       PORT=0 JWT_SECRET="$SECRET" ARMORICORE_SERVER__HOST=127.0.0.1 \
         ARMORICORE_LIMITS__CONNECTION_EVENTS_PER_S=1000000 ARMORICORE_LIMITS__CONNECTION_EVENTS_BURST=1000000 \
         ARMORICORE_LIMITS__USER_EVENTS_PER_S=1000000 ARMORICORE_LIMITS__USER_EVENTS_BURST=1000000 \
+        ARMORICORE_DATABASE__URL="${ARMORICORE_DATABASE__URL:-off}" \
         ARMORICORE_SERVER__DATA_DIR="$OUT/data" "$BIN/armoricore" --log-format json serve >"$log" 2>&1 &
       WRAPPER_PID=$!; SERVER_PID=$WRAPPER_PID; PROTO=phoenix
       for _ in $(seq 200); do

@@ -5,12 +5,13 @@
 #   off       database.url = "off" (history in memory only): the baseline
 #   sqlite    the default (a file under data_dir)
 #   postgres  the machine's PostgreSQL (a fresh database, dropped after), if reachable
-# Modes alternate over ROUNDS rounds so drift on this noisy machine hits them alike.
+# Modes alternate over ROUNDS rounds so drift on this noisy machine hits them alike,
+# at each load in RATES (messages/s per user: 1 keeps up, 3 saturates 2 cores).
 # Each run reports messages/s, deliveries/s, delivery p50/p99, and deliveries per
-# server CPU-second; the summary gives each mode's ratios to `off`.
+# server CPU-second; the summary gives each mode's ratios to `off` at each load.
 #
 # Knobs (environment): MODES ("off sqlite postgres"), ROUNDS (2), CONNECTIONS
-# (6000), ROOMS (CONNECTIONS/3), RATE_PER_USER (1.0 msgs/s), HOLD (10s), PROCS (3),
+# (6000), ROOMS (CONNECTIONS/3), RATES ("1 3"), HOLD (10s), PROCS (3),
 # PG_ADMIN (postgres://postgres@127.0.0.1:5432/postgres), OUT (a temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ MODES="${MODES:-off sqlite postgres}"
 ROUNDS="${ROUNDS:-2}"
 CONNECTIONS="${CONNECTIONS:-6000}"
 ROOMS="${ROOMS:-$((CONNECTIONS / 3))}"
-RATE_PER_USER="${RATE_PER_USER:-1.0}"
+RATES="${RATES:-1 3}"
 HOLD="${HOLD:-10s}"
 PROCS="${PROCS:-3}"
 PG_ADMIN="${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -84,58 +85,65 @@ start_server() {
     URL="ws://$addr/socket/websocket"
 }
 
+for rate in $RATES; do
 for round in $(seq "$ROUNDS"); do
     for mode in $MODES; do
-        start_server "$mode" "$OUT/$mode-$round"
-        echo "== round $round, database $mode: rooms, $CONNECTIONS users in $ROOMS rooms, $RATE_PER_USER msgs/s each, hold $HOLD"
+        run="$mode-$rate-$round"
+        start_server "$mode" "$OUT/$run"
+        echo "== rate $rate, round $round, database $mode: rooms, $CONNECTIONS users in $ROOMS rooms, $rate msgs/s each, hold $HOLD"
         "$BIN/armoricore-bench" rooms --url "$URL" --connections "$CONNECTIONS" --rooms "$ROOMS" \
-            --rate-per-user "$RATE_PER_USER" --hold "$HOLD" --procs "$PROCS" \
-            --server-pid "$SERVER_PID" --timeout 180s --json | tee "$OUT/$mode-$round.txt"
+            --rate-per-user "$rate" --hold "$HOLD" --procs "$PROCS" \
+            --server-pid "$SERVER_PID" --timeout 180s --json | tee "$OUT/$run.txt"
         stop_server
         # What was written: the database's row count, against what was published.
         case "$mode" in
             off) stored=null ;;
-            sqlite) stored="$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from messages").fetchone()[0])' "$OUT/$mode-$round/armoricore.db")" ;;
+            sqlite) stored="$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from messages").fetchone()[0])' "$OUT/$run/armoricore.db")" ;;
             postgres) stored="$(psql "$PG_BASE/$PG_DB" -qAtc 'select count(*) from messages')" ;;
         esac
-        tail -n1 "$OUT/$mode-$round.txt" |
-            python3 -c 'import json,sys; r=json.load(sys.stdin); r["mode"]=sys.argv[1]; r["round"]=int(sys.argv[2]); r["stored"]=json.loads(sys.argv[3]); print(json.dumps(r))' \
-                "$mode" "$round" "$stored" >>"$RESULTS"
+        tail -n1 "$OUT/$run.txt" |
+            python3 -c 'import json,sys; r=json.load(sys.stdin); r["mode"]=sys.argv[1]; r["rate"]=float(sys.argv[2]); r["round"]=int(sys.argv[3]); r["stored"]=json.loads(sys.argv[4]); print(json.dumps(r))' \
+                "$mode" "$rate" "$round" "$stored" >>"$RESULTS"
         sleep 2
     done
+done
 done
 
 python3 - "$RESULTS" <<'EOF'
 import json, sys
 from collections import defaultdict
 runs = [json.loads(l) for l in open(sys.argv[1])]
-by = defaultdict(list)
-for r in runs:
-    by[r["mode"]].append(r)
 def mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
-rows = {}
-for mode, rs in by.items():
-    rows[mode] = {
-        "published_per_s": mean([r["published_per_s"] for r in rs]),
-        "deliveries_per_s": mean([r["deliveries_per_s"] for r in rs]),
-        "p50_ms": mean([r["delivery_latency"]["p50_ms"] for r in rs]),
-        "p99_ms": mean([r["delivery_latency"]["p99_ms"] for r in rs]),
-        "per_cpu_s": mean([r["server"]["deliveries_per_cpu_s"] for r in rs]),
-        "stored": sum(r["stored"] or 0 for r in rs) if rs[0]["stored"] is not None else None,
-        "published": sum(r["published"] for r in rs),
-    }
-base = rows.get("off")
+by = defaultdict(list)
+for r in runs:
+    by[(r["rate"], r["mode"])].append(r)
 print()
-print("| database | msgs/s | deliveries/s | p50 ms | p99 ms | deliveries per server CPU-s | throughput vs off | CPU efficiency vs off | stored / published |")
-print("|---|---|---|---|---|---|---|---|---|")
-for mode, r in rows.items():
-    ratio = lambda k: (r[k] / base[k]) if base and base[k] and r[k] is not None else None
-    fmt = lambda v, p=0: "—" if v is None else f"{v:,.{p}f}"
-    tput, eff = ratio("deliveries_per_s"), ratio("per_cpu_s")
-    print(f"| {mode} | {fmt(r['published_per_s'])} | {fmt(r['deliveries_per_s'])} | {fmt(r['p50_ms'], 2)} | "
-          f"{fmt(r['p99_ms'], 2)} | {fmt(r['per_cpu_s'])} | {fmt(tput, 2)}× | {fmt(eff, 2)}× | "
-          + ("—" if r["stored"] is None else f"{r['stored']:,} / {r['published']:,}") + " |")
+print("| load | database | msgs/s | deliveries/s | p50 ms | p99 ms | deliveries per server CPU-s | throughput vs off | CPU efficiency vs off | stored / published |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+fmt = lambda v, p=0: "—" if v is None else f"{v:,.{p}f}"
+for rate in sorted({k[0] for k in by}):
+    rows = {}
+    for (r_, mode), rs in by.items():
+        if r_ != rate:
+            continue
+        rows[mode] = {
+            "published_per_s": mean([r["published_per_s"] for r in rs]),
+            "deliveries_per_s": mean([r["deliveries_per_s"] for r in rs]),
+            "p50_ms": mean([r["delivery_latency"].get("p50_ms") for r in rs]),
+            "p99_ms": mean([r["delivery_latency"].get("p99_ms") for r in rs]),
+            "per_cpu_s": mean([r["server"]["deliveries_per_cpu_s"] for r in rs]),
+            "stored": sum(r["stored"] or 0 for r in rs) if rs[0]["stored"] is not None else None,
+            "published": sum(r["published"] for r in rs),
+        }
+    base = rows.get("off")
+    for mode in [m for m in ("off", "sqlite", "postgres") if m in rows]:
+        r = rows[mode]
+        ratio = lambda k: (r[k] / base[k]) if base and base[k] and r[k] is not None else None
+        print(f"| {rate:g} msg/s per user | {mode} | {fmt(r['published_per_s'])} | {fmt(r['deliveries_per_s'])} | "
+              f"{fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {fmt(r['per_cpu_s'])} | "
+              f"{fmt(ratio('deliveries_per_s'), 2)}× | {fmt(ratio('per_cpu_s'), 2)}× | "
+              + ("—" if r["stored"] is None else f"{r['stored']:,} / {r['published']:,}") + " |")
 EOF
 echo "results in $OUT"
