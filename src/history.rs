@@ -58,42 +58,53 @@ pub enum HistoryError {
     Unavailable(String),
 }
 
-/// Broadcasts a topic's settled messages if dropped before being disarmed: a
-/// publisher that goes away mid-commit (its session ended) must not leave its
-/// message, and those queued behind it, unsent.
-struct FlushOnDrop(Option<Flush>);
+/// A publish waiting for its commit. Should its publisher go away meanwhile (its
+/// session ended), dropping it still broadcasts what the commit settles, and frees
+/// its idempotency key: a message is never left committed and unsent.
+struct Publishing {
+    t: Arc<Mutex<TopicHistory>>,
+    pubsub: Arc<PubSub>,
+    topic: Arc<str>,
+    status: Status,
+    key: Option<(String, String)>,
+    done: bool,
+}
 
-/// A topic's history, where it broadcasts, and its name.
-type Flush = (Arc<Mutex<TopicHistory>>, Arc<PubSub>, Arc<str>);
-
-impl FlushOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
+impl Publishing {
+    /// Broadcast what is settled, free the key, and keep `reply` for retries.
+    fn finish(mut self, reply: Option<&Value>) {
+        self.done = true;
+        let mut h = self.t.lock();
+        h.flush(&self.pubsub, &self.topic);
+        if let Some(key) = self.key.take() {
+            h.inflight.remove(&key);
+            if let Some(reply) = reply {
+                h.remember(Some((&key.0, &key.1)), reply);
+            }
+        }
     }
 }
 
-impl Drop for FlushOnDrop {
+impl Drop for Publishing {
     fn drop(&mut self) {
-        let Some((t, pubsub, topic)) = self.0.take() else {
+        if self.done {
             return;
-        };
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let (t, pubsub, topic) = (self.t.clone(), self.pubsub.clone(), self.topic.clone());
+        let (status, key) = (self.status.clone(), self.key.take());
         runtime.spawn(async move {
-            // Until the front of the queue is settled (its batch answered).
-            for _ in 0..6000 {
-                let settled = t
-                    .lock()
-                    .pending
-                    .front()
-                    .is_none_or(|p| p.status.committed().is_some());
-                if settled {
-                    break;
-                }
+            // Until its own batch is settled (the writer gives up within its timeout).
+            while status.committed().is_none() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            t.lock().flush(&pubsub, &topic);
+            let mut h = t.lock();
+            h.flush(&pubsub, &topic);
+            if let Some(key) = key {
+                h.inflight.remove(&key);
+            }
         });
     }
 }
@@ -144,6 +155,8 @@ struct TopicHistory {
     numbered: u64,
     /// With a database: messages waiting for their commit, in offset order.
     pending: VecDeque<Pending>,
+    /// With a database: idempotency keys of pushes still being stored.
+    inflight: std::collections::HashSet<(String, String)>,
     /// With a database: epoch, head and recent messages were read from it.
     loaded: bool,
     ring: VecDeque<Entry>,
@@ -383,6 +396,7 @@ impl History {
                     head: 0,
                     numbered: 0,
                     pending: VecDeque::new(),
+                    inflight: Default::default(),
                     loaded: false,
                     ring: VecDeque::with_capacity(size.min(16)),
                     size,
@@ -487,6 +501,9 @@ impl History {
                 > h.ttl.max(Duration::from_secs(self.config.idle_ttl_s));
             !(h.ring.is_empty() && idle && self.pubsub.subscriber_count(topic) == 0)
         });
+        // A gate nobody holds, of a topic forgotten.
+        self.gates
+            .retain(|topic, g| self.topics.contains_key(topic) || Arc::strong_count(g) > 1);
     }
 
     /// Topics with a history entry.
@@ -563,25 +580,37 @@ impl History {
         Ok(t)
     }
 
-    /// In a cluster, what Redis starts the topic's shared history from if it has
-    /// none: with a database, its epoch and head (so offsets never restart and
-    /// the epoch outlives Redis); else a new epoch at 0.
-    async fn seed(&self, topic: &str) -> crate::cluster::Seed {
-        if self.persist.is_some() {
-            match self.loaded(topic).await {
-                Ok(t) => {
-                    let h = t.lock();
-                    return crate::cluster::Seed {
-                        epoch: h.epoch.clone(),
-                        head: h.head.max(h.numbered),
-                    };
-                }
-                Err(e) => tracing::warn!(topic, error = %e, "no stored history to seed Redis from"),
-            }
-        }
-        crate::cluster::Seed {
+    /// In a cluster, what Redis starts a topic's shared history from when it has
+    /// none. With a database it is asked first (`None`: Redis answers
+    /// [`NoHistory`](crate::cluster::ClusterError::NoHistory) if it has none) and
+    /// then [`History::stored_seed`]; without one, a new epoch at 0.
+    fn first_seed(&self) -> Option<crate::cluster::Seed> {
+        self.persist.is_none().then(|| crate::cluster::Seed {
             epoch: new_epoch(),
             head: 0,
+        })
+    }
+
+    /// The database's epoch and head of `topic`, read now (so offsets continue
+    /// after whatever any node stored), for Redis to start its history from.
+    async fn stored_seed(&self, topic: &str) -> crate::cluster::Seed {
+        if let Some(p) = &self.persist {
+            match p.store.topic_state(topic, &new_epoch(), 0).await {
+                Ok(state) => {
+                    return crate::cluster::Seed {
+                        epoch: state.epoch,
+                        head: state.head,
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "no stored history to start Redis's from")
+                }
+            }
+        }
+        let head = self.topic(topic).lock().head;
+        crate::cluster::Seed {
+            epoch: new_epoch(),
+            head,
         }
     }
 
@@ -599,10 +628,18 @@ impl History {
     ) -> Result<Published, HistoryError> {
         let t = self.loaded(topic).await?;
         let window = Duration::from_secs(self.config.idempotency_window_s);
+        let key = idempotency.map(|(u, k)| (u.to_string(), k.to_string()));
         let (offset, payload, ticket) = {
             let mut h = t.lock();
             if let Some(reply) = h.repeated(idempotency, window) {
                 return Ok(Published::Duplicate { reply });
+            }
+            if let Some(key) = &key
+                && !h.inflight.insert(key.clone())
+            {
+                return Err(HistoryError::Unavailable(
+                    "a push with this idempotency_key is still being stored; retry".into(),
+                ));
             }
             let offset = h.numbered.max(h.head) + 1;
             h.numbered = offset;
@@ -619,16 +656,25 @@ impl History {
             });
             (offset, payload, ticket)
         };
-        // Should this publisher go away while its batch commits, the guard still
-        // broadcasts what the commit settles.
-        let guard = FlushOnDrop(Some((t.clone(), self.pubsub.clone(), Arc::from(topic))));
-        let committed = ticket.committed().await;
-        guard.disarm();
-        t.lock().flush(&self.pubsub, topic);
-        committed.map_err(HistoryError::Unavailable)?;
-        let reply = reply(&payload);
-        t.lock().remember(idempotency, &reply);
-        Ok(Published::New { offset, reply })
+        let publishing = Publishing {
+            t: t.clone(),
+            pubsub: self.pubsub.clone(),
+            topic: Arc::from(topic),
+            status: ticket.status.clone(),
+            key,
+            done: false,
+        };
+        match ticket.committed().await {
+            Ok(()) => {
+                let reply = reply(&payload);
+                publishing.finish(Some(&reply));
+                Ok(Published::New { offset, reply })
+            }
+            Err(reason) => {
+                publishing.finish(None);
+                Err(HistoryError::Unavailable(reason))
+            }
+        }
     }
 
     /// [`History::publish`], or in a cluster the same through Redis: the offset
@@ -655,28 +701,29 @@ impl History {
                 }
             };
         };
-        let seed = self.seed(topic).await;
         let gate = self.gate(topic);
-        let _one_at_a_time = gate.lock().await;
+        let one_at_a_time = gate.lock().await;
         let (size, ttl) = self.rule(topic);
         let window = Duration::from_secs(self.config.idempotency_window_s);
         if let Some(reply) = self.topic(topic).lock().repeated(idempotency, window) {
             return Ok(Published::Duplicate { reply });
         }
         let mut value = payload(0);
-        let numbered = cluster
-            .publish_numbered(
-                topic,
-                event,
-                &value,
-                crate::cluster::Keep {
-                    size,
-                    ttl_s: ttl.as_secs(),
-                    idle_ttl_s: self.config.idle_ttl_s,
-                },
-                &seed,
-            )
+        let keep = crate::cluster::Keep {
+            size,
+            ttl_s: ttl.as_secs(),
+            idle_ttl_s: self.config.idle_ttl_s,
+        };
+        let seed = self.first_seed();
+        let mut numbered = cluster
+            .publish_numbered(topic, event, &value, keep, seed.as_ref())
             .await;
+        if matches!(numbered, Err(crate::cluster::ClusterError::NoHistory)) {
+            let seed = self.stored_seed(topic).await;
+            numbered = cluster
+                .publish_numbered(topic, event, &value, keep, Some(&seed))
+                .await;
+        }
         let offset = match numbered {
             Ok((offset, _epoch)) => {
                 crate::cluster::set_offset(&mut value, offset);
@@ -698,9 +745,15 @@ impl History {
                 h.head
             }
         };
-        if let Some(p) = &self.persist {
+        // Handed to the writer in this node's order; the next publish need not
+        // wait for this one's commit.
+        let ticket = self.persist.as_ref().map(|p| {
             p.writer
                 .submit(stored(topic, event, offset, &Arc::new(value.clone())))
+        });
+        drop(one_at_a_time);
+        if let Some(ticket) = ticket {
+            ticket
                 .committed()
                 .await
                 .map_err(HistoryError::Unavailable)?;
@@ -775,16 +828,16 @@ impl History {
                 .map(|m| Arc::unwrap_or_clone(m.payload))
                 .collect()
         });
-        let seed = self.seed(topic).await;
         self.pubsub.tap(topic, subscriber.session);
-        let read = cluster
-            .read_history(
-                topic,
-                since.map(|s| s.offset),
-                &seed,
-                self.config.idle_ttl_s,
-            )
+        let (after, idle) = (since.map(|s| s.offset), self.config.idle_ttl_s);
+        let seed = self.first_seed();
+        let mut read = cluster
+            .read_history(topic, after, seed.as_ref(), idle)
             .await;
+        if matches!(read, Err(crate::cluster::ClusterError::NoHistory)) {
+            let seed = self.stored_seed(topic).await;
+            read = cluster.read_history(topic, after, Some(&seed), idle).await;
+        }
         let (state, replay) = match read {
             Ok((head, epoch, kept)) => {
                 let recovered = since.map(|s| {
@@ -886,7 +939,15 @@ impl History {
         })?;
         if let Some((topic, offset)) = &deleted {
             if let Some(t) = self.topics.get(topic.as_str()).map(|t| t.value().clone()) {
-                t.lock().ring.retain(|e| e.offset != *offset);
+                let mut h = t.lock();
+                h.ring.retain(|e| e.offset != *offset);
+                // Committed but not yet broadcast: it never will be.
+                h.pending.retain(|p| p.offset != *offset);
+            }
+            if let Some(cluster) = self.pubsub.cluster()
+                && let Err(e) = cluster.forget(topic, *offset).await
+            {
+                tracing::warn!(topic, offset, error = %e, "could not drop a deleted message from the shared history");
             }
             self.pubsub.broadcast(
                 topic,

@@ -169,7 +169,7 @@ async fn restart_keeps_and_pages(db: TestDb) {
     let (_, body) = api(&node, "GET", &format!("/api/history/{topic}?limit=3")).await;
     assert_eq!(offsets(&body["messages"]), vec![28, 29, 31], "{kind}");
     let mut dave = node.connect("dave").await;
-    let (_, reply) = dave
+    let (dave_jr, reply) = dave
         .join(topic, json!({"since": {"offset": 29, "epoch": epoch}}))
         .await;
     assert_eq!(reply["response"]["recovered"], true);
@@ -178,6 +178,32 @@ async fn restart_keeps_and_pages(db: TestDb) {
         m[4]["offset"], 31,
         "{kind}: the deleted message is not replayed"
     );
+    let r = dave
+        .push(
+            Some(&dave_jr),
+            topic,
+            "new_message",
+            json!({"content": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(
+        dave.assert_reply(&r).await["status"],
+        "error",
+        "NUL refused"
+    );
+
+    // Deleting the newest message never frees its offset, even across a restart.
+    let id = next[0]["id"].as_str().unwrap();
+    assert_eq!(
+        api(&node, "DELETE", &format!("/api/messages/{id}")).await.0,
+        200
+    );
+    node.shutdown().await;
+    let node = node_on(&db).await;
+    let mut erin = node.connect("erin").await;
+    let (jr, _) = erin.join(topic, json!({})).await;
+    let after = post(&mut erin, &jr, topic, 1).await;
+    assert_eq!(after[0]["offset"], 32, "{kind}");
     node.shutdown().await;
 }
 
@@ -246,6 +272,15 @@ async fn jobs_are_recorded(db: TestDb) {
     );
     assert!(media["finished_at"].is_string(), "{media}");
     assert_eq!(api(&node, "GET", "/api/media/nope").await.0, 404);
+    let (status, body) = node
+        .api_post(
+            "/api/events",
+            &json!({"event_type": "media.uploaded", "payload": {
+                "media_id": "m\u{0}", "user_id": "u1", "file_path": "/x.mp4",
+                "content_type": "video/mp4", "file_size": 1}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{kind}: NUL refused up front: {body}");
     node.shutdown().await;
 
     // A job that fails for good is listed with its reason.

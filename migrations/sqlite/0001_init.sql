@@ -1,7 +1,8 @@
 -- Armoricore's tables (SQLite). Times are milliseconds since the Unix epoch.
 
--- One row per topic that ever kept a message: its history epoch, and the highest
--- offset retention has seen (so offsets never restart while the epoch stays).
+-- One row per topic a node loaded (joined with a history rule, or written to): its
+-- history epoch, and the highest offset retention or a deletion has seen (so
+-- offsets never restart while the epoch stays).
 CREATE TABLE topics (
     topic      TEXT PRIMARY KEY,
     epoch      TEXT NOT NULL,

@@ -76,6 +76,13 @@ pub async fn retain(hub: &Hub) {
             tracing::warn!(error = %e, "message retention failed");
         }
     }
+    if let Err(e) = store.forget_empty_topics(now - 86_400_000).await {
+        hub.metrics
+            .store_errors
+            .with_label_values(&["retention"])
+            .inc();
+        tracing::warn!(error = %e, "could not forget empty topics");
+    }
     if config.job_retention_days > 0 {
         let before = now - config.job_retention_days as i64 * 86_400_000;
         match store.delete_finished_jobs(before).await {

@@ -106,7 +106,33 @@ impl MemoryBus {
             crate::store::Backend::Postgres => Some(journal.node.as_str()),
         };
         let unfinished = journal.store.unfinished_jobs(node, "memory").await?;
+        let mut queued = 0;
         for job in &unfinished {
+            let wire = format!("{}{}", self.shared.config.subject_prefix, job.kind);
+            // A job that was running each time the node died may be what kills it.
+            if job.attempts >= self.shared.config.max_deliver {
+                let reason = format!(
+                    "gave up: the node stopped during each of its {} runs",
+                    job.attempts
+                );
+                tracing::warn!(subject = %job.kind, event_id = %job.id, %reason, "unfinished work dead-lettered");
+                journal
+                    .store
+                    .job_status(
+                        &job.id,
+                        crate::store::JobStatus::Failed,
+                        None,
+                        Some(&reason),
+                    )
+                    .await?;
+                let item = Item {
+                    id: 0,
+                    body: Bytes::from(job.request.clone()),
+                    delivered: job.attempts,
+                };
+                self.shared.dead_letter(&wire, &item, &reason);
+                continue;
+            }
             journal
                 .store
                 .job_status(
@@ -116,7 +142,7 @@ impl MemoryBus {
                     Some("re-queued: the node restarted"),
                 )
                 .await?;
-            let wire = format!("{}{}", self.shared.config.subject_prefix, job.kind);
+            queued += 1;
             // A publisher retrying the same event meanwhile is a duplicate.
             let now = Instant::now();
             let mut recent = self.shared.recent.lock();
@@ -126,7 +152,7 @@ impl MemoryBus {
             tracing::info!(subject = %job.kind, event_id = %job.id, status = job.status.as_str(), "re-queued unfinished work");
             self.push(&wire, Bytes::from(job.request.clone()));
         }
-        Ok(unfinished.len())
+        Ok(queued)
     }
 
     /// Add a work message to its queue.
@@ -336,25 +362,9 @@ impl Bus for MemoryBus {
     }
 
     async fn enqueue(&self, subject: &str, event_id: &str, body: Bytes) -> Result<(), BusError> {
-        let now = Instant::now();
-        {
-            let window = Duration::from_secs(self.shared.config.dedupe_window_s);
-            let mut recent = self.shared.recent.lock();
-            while let Some((at, _)) = recent.order.front() {
-                if now.duration_since(*at) < window {
-                    break;
-                }
-                let (at, id) = recent.order.pop_front().expect("front exists");
-                if recent.ids.get(&id) == Some(&at) {
-                    recent.ids.remove(&id);
-                }
-            }
-            if recent.ids.contains_key(event_id) {
-                return Ok(()); // the same event again: stored once
-            }
-            recent.ids.insert(event_id.to_string(), now);
-            recent.order.push_back((now, event_id.to_string()));
-        }
+        // Recorded first: a failed write refuses the event (the publisher retries),
+        // and one whose publisher went away mid-write leaves a row the next start
+        // queues, never an event marked seen and not queued.
         if let Some(journal) = &self.shared.journal {
             let kind = subject
                 .strip_prefix(self.shared.config.subject_prefix.as_str())
@@ -372,7 +382,6 @@ impl Bus for MemoryBus {
                 request: &String::from_utf8_lossy(&body),
             };
             if let Err(e) = journal.store.job_queued(&job).await {
-                self.shared.recent.lock().ids.remove(event_id);
                 self.shared
                     .metrics
                     .store_errors
@@ -380,6 +389,25 @@ impl Bus for MemoryBus {
                     .inc();
                 return Err(BusError::Journal(e.to_string()));
             }
+        }
+        let now = Instant::now();
+        {
+            let window = Duration::from_secs(self.shared.config.dedupe_window_s);
+            let mut recent = self.shared.recent.lock();
+            while let Some((at, _)) = recent.order.front() {
+                if now.duration_since(*at) < window {
+                    break;
+                }
+                let (at, id) = recent.order.pop_front().expect("front exists");
+                if recent.ids.get(&id) == Some(&at) {
+                    recent.ids.remove(&id);
+                }
+            }
+            if recent.ids.contains_key(event_id) {
+                return Ok(()); // the same event again: queued once
+            }
+            recent.ids.insert(event_id.to_string(), now);
+            recent.order.push_back((now, event_id.to_string()));
         }
         self.push(subject, body);
         Ok(())

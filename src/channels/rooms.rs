@@ -49,6 +49,9 @@ fn presence_meta(ctx: &ChannelCtx<'_>) -> Map<String, Value> {
 /// same `idempotency_key` gets the same reply and broadcasts nothing.
 async fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usize) -> Reply {
     let content = match payload.get("content").and_then(Value::as_str) {
+        Some(c) if c.contains('\0') => {
+            return Reply::error("content must not contain NUL characters");
+        }
         Some(c) if !c.trim().is_empty() && c.chars().count() <= max_chars => c,
         _ => {
             return Reply::error(format!(

@@ -53,6 +53,10 @@ pub enum ClusterError {
     Redis(#[from] fred::error::Error),
     #[error("redis unreachable")]
     Unavailable,
+    /// Redis keeps no history for the topic (new, expired, or Redis restarted) and
+    /// the caller gave no [`Seed`] to start it from: ask again with one.
+    #[error("no shared history for the topic yet")]
+    NoHistory,
 }
 
 /// Longest wait for a history script: a join or a publish does not hang on Redis.
@@ -80,12 +84,16 @@ struct Incoming {
 /// node, in one atomic step, so offsets are the order Redis saw and a kept message
 /// is always one that was published.
 ///
-/// KEYS: head hash, messages zset. ARGV: message JSON `{"n","e","p"}`, size, new
-/// epoch, message TTL (s), head TTL (s), channel, the head a new hash starts from
-/// (the database's, so offsets never restart). Returns `{offset, epoch}`.
+/// KEYS: head hash, messages zset. ARGV: message JSON `{"n","e","p"}`, size, the
+/// epoch and (ARGV[7]) the head a new history starts from (empty: do nothing and
+/// return `{0, ''}`, so the caller reads them from its database), message TTL (s),
+/// head TTL (s), channel. Returns `{offset, epoch}`.
 const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
+  if ARGV[3] == '' then
+    return {0, ''}
+  end
   epoch = ARGV[3]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', ARGV[7])
 end
@@ -103,12 +111,15 @@ return {offset, epoch}
 "#;
 
 /// A topic's head, epoch (created if new) and the messages after ARGV[1] (none if
-/// empty). KEYS: head hash, messages zset. ARGV: after, new epoch, head TTL (s),
-/// the head a new hash starts from.
+/// empty). KEYS: head hash, messages zset. ARGV: after, the epoch and (ARGV[4]) the
+/// head a new history starts from (empty: return `{'', '', {}}`), head TTL (s).
 const READ_SCRIPT: &str = r#"
 local head = redis.call('HGET', KEYS[1], 'head')
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
+  if ARGV[2] == '' then
+    return {'', '', {}}
+  end
   epoch = ARGV[2]
   head = ARGV[4]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', head)
@@ -121,8 +132,9 @@ end
 return {tostring(head or 0), epoch, msgs}
 "#;
 
-/// What a topic's shared history starts from when Redis has none (first use, or
-/// expired when idle): a new random epoch and 0, or the database's epoch and head.
+/// What a topic's shared history starts from when Redis has none (first use,
+/// expired when idle, Redis restarted): a new random epoch and 0, or the database's
+/// epoch and head, read when Redis says it has none ([`ClusterError::NoHistory`]).
 #[derive(Debug, Clone)]
 pub struct Seed {
     pub epoch: String,
@@ -333,7 +345,7 @@ impl Cluster {
         event: &str,
         payload: &Value,
         keep: Keep,
-        seed: &Seed,
+        seed: Option<&Seed>,
     ) -> Result<(u64, String), ClusterError> {
         let Keep {
             size,
@@ -349,11 +361,11 @@ impl Cluster {
         let args: Vec<String> = vec![
             body,
             size.to_string(),
-            seed.epoch.clone(),
+            seed.map(|s| s.epoch.clone()).unwrap_or_default(),
             ttl_s.max(1).to_string(),
             idle_ttl_s.max(ttl_s).max(1).to_string(),
             self.channel(topic),
-            seed.head.to_string(),
+            seed.map(|s| s.head.to_string()).unwrap_or_default(),
         ];
         // Redis away: numbered locally by the caller, rather than queued here
         // (a queued script would publish it a second time on reconnect).
@@ -366,7 +378,24 @@ impl Cluster {
         let (offset, epoch): (u64, String) = tokio::time::timeout(REDIS_TIMEOUT, script)
             .await
             .map_err(|_| ClusterError::Unavailable)??;
+        if epoch.is_empty() {
+            return Err(ClusterError::NoHistory);
+        }
         Ok((offset, epoch))
+    }
+
+    /// Drop the kept message at `offset` of `topic` (deleted by a moderator), so a
+    /// recovering client is not given it.
+    pub async fn forget(&self, topic: &str, offset: u64) -> Result<(), ClusterError> {
+        const FORGET: &str = "return redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])";
+        let key = self.history_keys(topic).swap_remove(1);
+        let removed =
+            self.publisher
+                .eval::<i64, _, _, _>(FORGET, vec![key], vec![offset.to_string()]);
+        tokio::time::timeout(REDIS_TIMEOUT, removed)
+            .await
+            .map_err(|_| ClusterError::Unavailable)??;
+        Ok(())
     }
 
     /// The shared head and epoch of `topic`, and its kept messages after `after`.
@@ -374,14 +403,14 @@ impl Cluster {
         &self,
         topic: &str,
         after: Option<u64>,
-        seed: &Seed,
+        seed: Option<&Seed>,
         idle_ttl_s: u64,
     ) -> Result<(u64, String, Vec<Kept>), ClusterError> {
         let args: Vec<String> = vec![
             after.map(|a| a.to_string()).unwrap_or_default(),
-            seed.epoch.clone(),
+            seed.map(|s| s.epoch.clone()).unwrap_or_default(),
             idle_ttl_s.max(1).to_string(),
-            seed.head.to_string(),
+            seed.map(|s| s.head.to_string()).unwrap_or_default(),
         ];
         if !self.connected() {
             return Err(ClusterError::Unavailable);
@@ -393,6 +422,9 @@ impl Cluster {
             tokio::time::timeout(REDIS_TIMEOUT, script)
                 .await
                 .map_err(|_| ClusterError::Unavailable)??;
+        if epoch.is_empty() {
+            return Err(ClusterError::NoHistory);
+        }
         let mut kept = Vec::with_capacity(raw.len());
         for m in raw {
             let Ok(incoming) = serde_json::from_str::<Incoming>(&m) else {

@@ -102,6 +102,16 @@ pub async fn broadcast(
         .into_response())
 }
 
+/// Whether any string (or key) in `v` contains a NUL character.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 /// `POST /api/events {event_type, payload, event_id?, source?}`.
 pub async fn publish_event(
     State(hub): State<Arc<Hub>>,
@@ -129,6 +139,14 @@ pub async fn publish_event(
         body.insert("source".into(), json!("api"));
     }
     let raw = serde_json::to_vec(&body).expect("a JSON map serializes");
+    // PostgreSQL text cannot hold NUL: refused here, not failed later in a job record.
+    if has_nul(&Value::Object(body.clone())) {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+            "strings must not contain NUL (\\u0000)",
+        ));
+    }
     let envelope = events::parse(&subject, &raw).map_err(|invalid| {
         Refusal::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -300,6 +300,8 @@ impl Store {
             }
             sql.push(')');
         }
+        // A batch retried after a commit whose answer was lost adds nothing twice.
+        sql.push_str(" ON CONFLICT (msg_id) DO NOTHING");
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for m in rows {
             query = query
@@ -387,18 +389,37 @@ impl Store {
 
     /// Delete the message `msg_id`; its topic and offset if it existed.
     pub async fn delete_message(&self, msg_id: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query("DELETE FROM messages WHERE msg_id = $1 RETURNING topic, seq")
             .bind(msg_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-        match row {
-            Some(row) => {
-                let topic: String = row.try_get(0)?;
-                let seq: i64 = row.try_get(1)?;
-                Ok(Some((topic, seq.max(0) as u64)))
-            }
-            None => Ok(None),
-        }
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let topic: String = row.try_get(0)?;
+        let seq: i64 = row.try_get(1)?;
+        // The head stays past it: its offset is never given to another message.
+        sqlx::query("UPDATE topics SET head = $2 WHERE topic = $1 AND head < $2")
+            .bind(topic.as_str())
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some((topic, seq.max(0) as u64)))
+    }
+
+    /// Forget topics joined but never written to, created before `before_ms` (a
+    /// client joining made-up room names leaves nothing behind); how many.
+    pub async fn forget_empty_topics(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM topics WHERE head = 0 AND created_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.topic = topics.topic)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Delete what `rules` no longer keep, as of `now_ms`; how many messages went.

@@ -143,7 +143,11 @@ async fn run(
     }
 }
 
-/// Commit one batch (retried once), settle every ticket's status, then answer.
+/// Longest a batch may take to commit before it counts as failed.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Commit one batch, settle every ticket's status, then answer. A failed batch is
+/// tried once more, then row by row, so one row the database refuses fails alone.
 async fn write(store: &Store, batch: Vec<Submitted>) {
     let (messages, tickets): (Vec<StoredMessage>, Vec<_>) = batch
         .into_iter()
@@ -157,33 +161,42 @@ async fn write(store: &Store, batch: Vec<Submitted>) {
         result = commit(store, &messages).await;
     }
     let metrics = &store.metrics;
-    match &result {
+    let results: Vec<Result<(), String>> = match result {
         Ok(()) => {
             metrics
                 .store_write_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.store_batch_messages.observe(messages.len() as f64);
+            vec![Ok(()); messages.len()]
         }
-        Err(reason) => {
+        Err(reason) if messages.len() == 1 => vec![Err(reason)],
+        Err(_) => {
+            let mut each = Vec::with_capacity(messages.len());
+            for m in &messages {
+                each.push(commit(store, std::slice::from_ref(m)).await);
+            }
+            each
+        }
+    };
+    for (((status, _), result), m) in tickets.iter().zip(&results).zip(&messages) {
+        if let Err(reason) = result {
             metrics.store_errors.with_label_values(&["write"]).inc();
-            tracing::warn!(messages = messages.len(), %reason, "could not store messages");
+            tracing::warn!(topic = %m.topic, offset = m.offset, %reason, "could not store a message");
         }
-    }
-    for (status, _) in &tickets {
         status.set(result.is_ok());
     }
-    for (_, done) in tickets {
-        let _ = done.send(result.clone());
+    for ((_, done), result) in tickets.into_iter().zip(results) {
+        let _ = done.send(result);
     }
 }
 
-/// Insert `messages`; a panic in the driver is a failed batch, not a dead writer.
+/// Insert `messages`; a panic in the driver, or a commit that does not end, is a
+/// failed batch, not a dead writer.
 async fn commit(store: &Store, messages: &[StoredMessage]) -> Result<(), String> {
-    match AssertUnwindSafe(store.insert_messages(messages))
-        .catch_unwind()
-        .await
-    {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("database driver panicked".into()),
+    let insert = AssertUnwindSafe(store.insert_messages(messages)).catch_unwind();
+    match tokio::time::timeout(COMMIT_TIMEOUT, insert).await {
+        Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+        Ok(Err(_)) => Err("database driver panicked".into()),
+        Err(_) => Err(format!("no commit within {COMMIT_TIMEOUT:?}")),
     }
 }
