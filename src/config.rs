@@ -70,6 +70,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub storage: StorageConfig,
     pub database: DatabaseConfig,
+    pub notifications: NotificationsConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -246,6 +247,68 @@ pub struct AudioRendition {
 }
 
 /// Where media output goes (`[storage]`): a local directory, or S3-compatible.
+/// Push and email delivery (`[notifications]`): a provider is on when configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Notifications in flight at once on this node.
+    pub concurrency: usize,
+    /// Sends of one notification to one target, retries included.
+    pub max_attempts: u32,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Longest Retry-After honoured; a longer one fails the attempt.
+    pub retry_after_max_s: u64,
+    /// After refusing our credentials a provider is down for this long (jobs fail fast).
+    pub down_for_s: u64,
+    /// One provider request.
+    pub timeout_s: u64,
+    pub fcm: FcmConfig,
+    pub apns: ApnsConfig,
+    pub email: EmailConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// Google service-account JSON; empty: FCM off.
+    pub service_account_file: String,
+    pub base_url: String,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The `.p8` token-signing key; empty: APNs off (iOS tokens go through FCM).
+    pub key_file: String,
+    pub key_id: String,
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// `production` or `sandbox`.
+    pub environment: String,
+    /// Overrides the host `environment` picks (a relay, a test stand-in).
+    pub base_url: String,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// Empty: email off.
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    /// `starttls`, `tls` (implicit, port 465) or `none`.
+    pub tls: String,
+    pub username: String,
+    pub password: String,
+    pub from: String,
+    pub reply_to: String,
+    pub timeout_s: u64,
+    pub concurrency: usize,
+}
+
 /// Where messages and job records are kept (`[database]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

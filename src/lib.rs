@@ -27,6 +27,8 @@
 //! - [`bus`]: the message bus: `Bus` trait, in-process and NATS/JetStream
 //!   implementations, [`bus::events`] (envelope and payload schemas), [`bus::Outlet`].
 //! - [`jobs`]: the `JobHandler` a work subject is handed to, and how a job ends.
+//! - [`notify`]: push (FCM HTTP v1, APNs) and email (SMTP) providers, with errors
+//!   classified from the providers' own answers.
 //! - [`cluster`]: Redis pub/sub between nodes (broadcasts, heartbeats) with `REDIS_URL`.
 //! - [`limits`]: token buckets for joins and client events, per connection and per user.
 //! - [`config`]: the typed configuration (`config/default.toml` + file + env).
@@ -44,6 +46,7 @@ pub mod jobs;
 pub mod limits;
 pub mod media;
 pub mod metrics;
+pub mod notify;
 pub mod protocols;
 pub mod pubsub;
 pub mod server;

@@ -88,6 +88,15 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// Messages deleted by retention.
     pub store_retention_deleted: IntCounter,
+    /// Notification sends by provider and result (`sent`, `invalid_token`,
+    /// `permanent`, `auth`, `transient`, `provider_down`).
+    pub notify_sends: IntCounterVec,
+    /// Provider request time, by provider.
+    pub notify_seconds: prometheus::HistogramVec,
+    /// Provider requests in flight, by provider.
+    pub notify_in_flight: IntGaugeVec,
+    /// Retries after a transient failure, by provider.
+    pub notify_retries: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -287,6 +296,35 @@ impl Metrics {
             store_retention_deleted: counter(
                 "armoricore_store_retention_deleted_total",
                 "Messages deleted by retention.",
+            ),
+            notify_sends: counter_vec(
+                "armoricore_notification_sends_total",
+                "Notification sends by provider and result.",
+                &["provider", "result"],
+            ),
+            notify_seconds: register(
+                &r,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "armoricore_notification_send_seconds",
+                        "Provider request time, by provider.",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(1e-3, 2.0, 14).expect("valid buckets"),
+                    ),
+                    &["provider"],
+                )
+                .expect("valid metric"),
+            ),
+            notify_in_flight: gauge_vec(
+                "armoricore_notification_in_flight",
+                "Provider requests in flight, by provider.",
+                &["provider"],
+            ),
+            notify_retries: counter_vec(
+                "armoricore_notification_retries_total",
+                "Retries after a transient failure, by provider.",
+                &["provider"],
             ),
             registry: r,
         }

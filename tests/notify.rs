@@ -1,0 +1,723 @@
+//! Notification providers against local stand-ins that check what the real
+//! services require: FCM HTTP v1 with its OAuth token endpoint and APNs (both
+//! HTTP/2, as the real ones), and a real SMTP server (aiosmtpd).
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use armoricore::config::{Config, NotificationsConfig};
+use armoricore::metrics::Metrics;
+use armoricore::notify::request::{Device, Notification, Platform};
+use armoricore::notify::sender::{Delivery, Provider, Sender};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A scripted answer: status, JSON body, Retry-After.
+type Answer = (u16, Value, Option<&'static str>);
+
+/// What a stand-in saw, and how it answers (by device token).
+#[derive(Default)]
+struct Seen {
+    requests: Vec<Value>,
+    tokens_issued: usize,
+    /// Answers left per device token: (status, body, retry-after), taken in order;
+    /// none left: 200.
+    script: HashMap<String, Vec<Answer>>,
+}
+
+#[derive(Clone)]
+struct Stand {
+    seen: Arc<Mutex<Seen>>,
+    /// The key that signs what the stand-in checks (FCM: the account's RSA public
+    /// key, PKCS#1 DER; APNs: the EC public point).
+    public: Arc<Vec<u8>>,
+    aud: String,
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+fn refuse(reason: String) -> Response {
+    (StatusCode::IM_A_TEAPOT, reason).into_response()
+}
+
+/// `POST /token`: the OAuth JWT-bearer grant Google's token endpoint takes.
+async fn fcm_token(
+    State(s): State<Stand>,
+    version: Version,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if version != Version::HTTP_2 {
+        return refuse(format!("HTTP/2 expected, got {version:?}"));
+    }
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return refuse(format!("grant_type: {form:?}"));
+    }
+    let assertion = form.get("assertion").cloned().unwrap_or_default();
+    let header = jsonwebtoken::decode_header(&assertion).unwrap();
+    if header.alg != Algorithm::RS256 || header.kid.as_deref() != Some("key-1") {
+        return refuse(format!("header {header:?}"));
+    }
+    let mut v = Validation::new(Algorithm::RS256);
+    v.set_audience(&[&s.aud]);
+    let claims = match jsonwebtoken::decode::<Value>(
+        &assertion,
+        &DecodingKey::from_rsa_der(&s.public),
+        &v,
+    ) {
+        Ok(t) => t.claims,
+        Err(e) => return refuse(format!("assertion: {e}")),
+    };
+    let ok = claims["iss"] == "push@test-project.iam.gserviceaccount.com"
+        && claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging"
+        && claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 3600;
+    if !ok {
+        return refuse(format!("claims {claims}"));
+    }
+    let mut seen = s.seen.lock();
+    seen.tokens_issued += 1;
+    Json(
+        json!({"access_token": format!("ya29.test-{}", seen.tokens_issued),
+        "expires_in": 3599, "token_type": "Bearer"}),
+    )
+    .into_response()
+}
+
+fn fcm_error(status: u16, code: &str, message: &str) -> Value {
+    json!({"error": {"code": status, "message": message, "status": "X", "details": [
+        {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}]}})
+}
+
+/// `POST /v1/projects/{project}/messages:send`.
+async fn fcm_send(
+    State(s): State<Stand>,
+    Path(project): Path<String>,
+    version: Version,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if version != Version::HTTP_2 || project != "test-project" {
+        return refuse(format!("{version:?} {project}"));
+    }
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !auth.starts_with("Bearer ya29.test-") {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": 401,
+            "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}})))
+        .into_response();
+    }
+    let message = &body["message"];
+    let token = message["token"].as_str().unwrap_or_default().to_string();
+    if token.is_empty() || !message["notification"]["title"].is_string() {
+        return refuse(format!("message shape: {body}"));
+    }
+    let mut seen = s.seen.lock();
+    seen.requests.push(body.clone());
+    let next = seen
+        .script
+        .get_mut(&token)
+        .and_then(|answers| (!answers.is_empty()).then(|| answers.remove(0)));
+    match next {
+        None => {
+            Json(json!({"name": format!("projects/test-project/messages/{}", seen.requests.len())}))
+                .into_response()
+        }
+        Some((status, body, retry_after)) => {
+            let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+            if let Some(ra) = retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", ra.parse().unwrap());
+            }
+            response
+        }
+    }
+}
+
+/// An FCM stand-in, and a service-account file pointing at it.
+async fn fcm_stand_in(dir: &std::path::Path) -> (Stand, String, std::path::PathBuf) {
+    let key = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let der = key.as_der().unwrap();
+    let stand = Stand {
+        seen: Arc::default(),
+        public: Arc::new(key.public_key().as_ref().to_vec()),
+        aud: String::new(),
+    };
+    // The audience is the token URI, known once the server is bound.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let stand = Stand {
+        aud: format!("{base}/token"),
+        ..stand
+    };
+    let router = Router::new()
+        .route("/token", post(fcm_token))
+        .route("/v1/projects/{project}/messages:send", post(fcm_send))
+        .with_state(stand.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let account = json!({
+        "type": "service_account", "project_id": "test-project", "private_key_id": "key-1",
+        "private_key": pem("PRIVATE KEY", der.as_ref()),
+        "client_email": "push@test-project.iam.gserviceaccount.com",
+        "token_uri": format!("{base}/token"),
+    });
+    let path = dir.join("service-account.json");
+    std::fs::write(&path, account.to_string()).unwrap();
+    (stand, base, path)
+}
+
+/// `POST /3/device/{token}`: what APNs requires of a token-authenticated push.
+async fn apns_send(
+    State(s): State<Stand>,
+    Path(token): Path<String>,
+    version: Version,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if version != Version::HTTP_2 {
+        return refuse(format!("HTTP/2 expected, got {version:?}"));
+    }
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    let jwt = h("authorization")
+        .strip_prefix("bearer ")
+        .unwrap_or_default();
+    let header = match jsonwebtoken::decode_header(jwt) {
+        Ok(h) => h,
+        Err(_) => {
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({"reason": "MissingProviderToken"})),
+            )
+                .into_response();
+        }
+    };
+    let mut v = Validation::new(Algorithm::ES256);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    v.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_ec_der(&s.public), &v);
+    let valid = header.alg == Algorithm::ES256
+        && header.kid.as_deref() == Some("KEYID12345")
+        && claims.is_ok_and(|c| c.claims["iss"] == "TEAMID1234" && c.claims["iat"].is_u64());
+    if !valid {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"reason": "InvalidProviderToken"})),
+        )
+            .into_response();
+    }
+    if h("apns-topic") != "com.example.app"
+        || h("apns-push-type") != "alert"
+        || !["5", "10"].contains(&h("apns-priority"))
+        || !body["aps"]["alert"]["title"].is_string()
+    {
+        return refuse(format!("headers {headers:?} body {body}"));
+    }
+    let mut seen = s.seen.lock();
+    seen.requests.push(json!({"token": token, "body": body,
+        "collapse": h("apns-collapse-id"), "expiration": h("apns-expiration")}));
+    let next = seen
+        .script
+        .get_mut(&token)
+        .and_then(|answers| (!answers.is_empty()).then(|| answers.remove(0)));
+    match next {
+        None => {
+            let mut ok = StatusCode::OK.into_response();
+            ok.headers_mut().insert(
+                "apns-id",
+                format!("00000000-0000-0000-0000-{:012}", seen.requests.len())
+                    .parse()
+                    .unwrap(),
+            );
+            ok
+        }
+        Some((status, body, retry_after)) => {
+            let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+            if let Some(ra) = retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", ra.parse().unwrap());
+            }
+            response
+        }
+    }
+}
+
+async fn apns_stand_in(dir: &std::path::Path) -> (Stand, String, std::path::PathBuf) {
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let p8 = key.to_pkcs8v1().unwrap();
+    let stand = Stand {
+        seen: Arc::default(),
+        public: Arc::new(key.public_key().as_ref().to_vec()),
+        aud: String::new(),
+    };
+    let router = Router::new()
+        .route("/3/device/{token}", post(apns_send))
+        .with_state(stand.clone());
+    let addr = serve(router).await;
+    let path = dir.join("AuthKey_KEYID12345.p8");
+    std::fs::write(&path, pem("PRIVATE KEY", p8.as_ref())).unwrap();
+    (stand, format!("http://{addr}"), path)
+}
+
+fn config() -> NotificationsConfig {
+    let mut c = Config::defaults().notifications;
+    c.retry_initial_ms = 20;
+    c.retry_max_ms = 200;
+    c.max_attempts = 3;
+    c
+}
+
+fn push_to(devices: &[(&str, Platform)]) -> Notification {
+    let tokens: Vec<Value> = devices
+        .iter()
+        .map(|(t, p)| json!({"platform": p.as_str(), "token": t}))
+        .collect();
+    let payload = json!({"user_id": "u1", "notification_id": "n1", "notification_type": "push",
+        "title": "Hello", "body": "World", "priority": "high", "ttl_s": 60, "collapse_key": "chat",
+        "data": {"room": 3}, "tokens": tokens});
+    Notification::from_payload(payload.as_object().unwrap(), "ev").unwrap()
+}
+
+#[tokio::test]
+async fn fcm_sends_with_a_cached_oauth_token_and_classifies_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stand, base, account) = fcm_stand_in(dir.path()).await;
+    {
+        let mut seen = stand.seen.lock();
+        seen.script.insert(
+            "gone".into(),
+            vec![(
+                404,
+                fcm_error(404, "UNREGISTERED", "Requested entity was not found."),
+                None,
+            )],
+        );
+        seen.script.insert(
+            "bad".into(),
+            vec![(
+                400,
+                fcm_error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "The registration token is not a valid FCM registration token",
+                ),
+                None,
+            )],
+        );
+        seen.script.insert(
+            "quota".into(),
+            vec![(
+                429,
+                fcm_error(429, "QUOTA_EXCEEDED", "Quota exceeded"),
+                Some("1"),
+            )],
+        );
+        seen.script.insert(
+            "down".into(),
+            vec![(503, fcm_error(503, "UNAVAILABLE", "x"), None); 5],
+        );
+    }
+    let mut c = config();
+    c.fcm.service_account_file = account.display().to_string();
+    c.fcm.base_url = base;
+    let sender = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .unwrap()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reports = sender
+        .deliver(&push_to(&[
+            ("ok-android", Platform::Android),
+            ("ok-ios", Platform::Ios),
+            ("gone", Platform::Android),
+            ("bad", Platform::Web),
+            ("quota", Platform::Android),
+            ("down", Platform::Android),
+        ]))
+        .await;
+    let by_token: HashMap<String, (Delivery, u32)> = reports
+        .into_iter()
+        .map(|r| (r.device.unwrap().token, (r.delivery, r.attempts)))
+        .collect();
+    assert!(
+        matches!(&by_token["ok-android"], (Delivery::Sent { provider: Provider::Fcm, id }, 1) if id.starts_with("projects/test-project/messages/"))
+    );
+    assert!(
+        matches!(&by_token["ok-ios"].0, Delivery::Sent { .. }),
+        "iOS through FCM without APNs"
+    );
+    assert!(
+        matches!(&by_token["gone"], (Delivery::InvalidToken { .. }, 1)),
+        "no retry of a dead token"
+    );
+    assert!(matches!(
+        &by_token["bad"],
+        (Delivery::InvalidToken { .. }, 1)
+    ));
+    assert!(
+        matches!(&by_token["quota"], (Delivery::Sent { .. }, 2)),
+        "{:?}",
+        by_token["quota"]
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 honoured"
+    );
+    assert!(
+        matches!(&by_token["down"], (Delivery::Failed { reason }, 3) if reason.contains("UNAVAILABLE"))
+    );
+    let seen = stand.seen.lock();
+    assert_eq!(seen.tokens_issued, 1, "one OAuth token for every send");
+    let android = seen
+        .requests
+        .iter()
+        .find(|r| r["message"]["token"] == "ok-android")
+        .unwrap();
+    assert_eq!(
+        android["message"]["android"],
+        json!({"priority": "HIGH", "ttl": "60s", "collapse_key": "chat"})
+    );
+    assert_eq!(
+        android["message"]["data"],
+        json!({"room": "3"}),
+        "data values are strings"
+    );
+    let ios = seen
+        .requests
+        .iter()
+        .find(|r| r["message"]["token"] == "ok-ios")
+        .unwrap();
+    assert_eq!(ios["message"]["apns"]["headers"]["apns-priority"], "10");
+}
+
+#[tokio::test]
+async fn apns_sends_with_one_provider_token_and_classifies_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stand, base, key) = apns_stand_in(dir.path()).await;
+    {
+        let mut seen = stand.seen.lock();
+        seen.script.insert(
+            "bad".into(),
+            vec![(400, json!({"reason": "BadDeviceToken"}), None)],
+        );
+        seen.script.insert(
+            "gone".into(),
+            vec![(
+                410,
+                json!({"reason": "Unregistered", "timestamp": 1764230000000u64}),
+                None,
+            )],
+        );
+        seen.script.insert(
+            "busy".into(),
+            vec![(429, json!({"reason": "TooManyRequests"}), None)],
+        );
+        seen.script.insert(
+            "big".into(),
+            vec![(413, json!({"reason": "PayloadTooLarge"}), None)],
+        );
+    }
+    let mut c = config();
+    c.apns.key_file = key.display().to_string();
+    c.apns.key_id = "KEYID12345".into();
+    c.apns.team_id = "TEAMID1234".into();
+    c.apns.topic = "com.example.app".into();
+    c.apns.base_url = base;
+    let sender = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .unwrap()
+        .unwrap();
+    let reports = sender
+        .deliver(&push_to(&[
+            ("a0b1", Platform::Ios),
+            ("bad", Platform::Ios),
+            ("gone", Platform::Ios),
+            ("busy", Platform::Ios),
+            ("big", Platform::Ios),
+            ("droid", Platform::Android),
+        ]))
+        .await;
+    let by_token: HashMap<String, (Delivery, u32)> = reports
+        .into_iter()
+        .map(|r| (r.device.unwrap().token, (r.delivery, r.attempts)))
+        .collect();
+    assert!(
+        matches!(&by_token["a0b1"], (Delivery::Sent { provider: Provider::Apns, id }, 1) if id.len() == 36),
+        "{:?}",
+        by_token["a0b1"]
+    );
+    assert!(matches!(
+        &by_token["bad"],
+        (Delivery::InvalidToken { .. }, 1)
+    ));
+    assert!(matches!(
+        &by_token["gone"],
+        (Delivery::InvalidToken { .. }, 1)
+    ));
+    assert!(matches!(&by_token["busy"], (Delivery::Sent { .. }, 2)));
+    assert!(
+        matches!(&by_token["big"], (Delivery::Failed { reason }, 1) if reason.contains("PayloadTooLarge"))
+    );
+    assert!(
+        matches!(&by_token["droid"].0, Delivery::Failed { reason } if reason.contains("no push provider"))
+    );
+    let seen = stand.seen.lock();
+    let sent = seen.requests.iter().find(|r| r["token"] == "a0b1").unwrap();
+    assert_eq!(sent["collapse"], "chat");
+    assert_eq!(sent["body"]["room"], "3");
+    assert!(sent["expiration"].as_str().unwrap().parse::<u64>().is_ok());
+}
+
+#[tokio::test]
+async fn refused_credentials_mark_the_provider_down_and_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_stand, base, _key) = apns_stand_in(dir.path()).await;
+    // A key the stand-in does not know: every provider token is refused.
+    let other = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let wrong = dir.path().join("wrong.p8");
+    std::fs::write(
+        &wrong,
+        pem("PRIVATE KEY", other.to_pkcs8v1().unwrap().as_ref()),
+    )
+    .unwrap();
+    let mut c = config();
+    c.apns.key_file = wrong.display().to_string();
+    c.apns.key_id = "KEYID12345".into();
+    c.apns.team_id = "TEAMID1234".into();
+    c.apns.topic = "com.example.app".into();
+    c.apns.base_url = base;
+    let sender = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .unwrap()
+        .unwrap();
+    let first = sender.deliver(&push_to(&[("a0b1", Platform::Ios)])).await;
+    assert!(
+        matches!(&first[0].delivery, Delivery::Failed { reason } if reason.contains("InvalidProviderToken"))
+    );
+    assert!(
+        sender
+            .status()
+            .iter()
+            .any(|(p, down)| *p == "apns" && down.is_some()),
+        "/ready can say so"
+    );
+    let second = sender.deliver(&push_to(&[("c2d3", Platform::Ios)])).await;
+    assert!(
+        matches!(&second[0], r if r.attempts == 0 && matches!(&r.delivery, Delivery::Failed { reason } if reason.starts_with("apns is down")))
+    );
+}
+
+#[test]
+fn a_bad_service_account_or_key_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sa.json");
+    std::fs::write(&path, "{}").unwrap();
+    let mut c = config();
+    c.fcm.service_account_file = path.display().to_string();
+    let err = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("service account") && err.contains("sa.json"),
+        "{err}"
+    );
+    let mut c = config();
+    c.apns.key_file = path.display().to_string();
+    c.apns.key_id = "K".into();
+    c.apns.team_id = "T".into();
+    c.apns.topic = "t".into();
+    let err = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("P-256"), "{err}");
+    assert!(
+        Sender::from_config(&config(), Arc::new(Metrics::new()))
+            .unwrap()
+            .is_none(),
+        "nothing configured"
+    );
+    let _ = Device {
+        platform: Platform::Web,
+        token: String::new(),
+    };
+}
+
+/// A real SMTP server (aiosmtpd) on `port`, saving each message in `out`.
+struct SmtpServer {
+    child: std::process::Child,
+}
+
+impl SmtpServer {
+    fn start(port: u16, out: &std::path::Path) -> SmtpServer {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smtp_server.py");
+        let mut child = std::process::Command::new("python3")
+            .args([script, &port.to_string(), &out.display().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
+        SmtpServer { child }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mails(out: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+fn email_to(to: &str, html: bool) -> Notification {
+    let mut email = json!({"to": to, "subject": "Welcome aboard", "text": "Hello in text"});
+    if html {
+        email["html"] = json!("<p>Hello in <b>HTML</b></p>");
+    }
+    let payload = json!({"user_id": "u1", "notification_type": "email", "title": "t", "body": "b",
+        "email": email});
+    Notification::from_payload(payload.as_object().unwrap(), "ev").unwrap()
+}
+
+fn smtp_config(port: u16) -> NotificationsConfig {
+    let mut c = config();
+    c.email.smtp_host = "127.0.0.1".into();
+    c.email.smtp_port = port;
+    c.email.tls = "none".into();
+    c.email.username = "user".into();
+    c.email.password = "pass".into();
+    c.email.from = "Armoricore <noreply@example.com>".into();
+    c.email.reply_to = "support@example.com".into();
+    c.email.timeout_s = 5;
+    c
+}
+
+#[tokio::test]
+async fn email_goes_out_over_smtp_with_text_and_html() {
+    let out = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _server = SmtpServer::start(port, out.path());
+    let sender = Sender::from_config(&smtp_config(port), Arc::new(Metrics::new()))
+        .unwrap()
+        .unwrap();
+    let report = sender
+        .deliver(&email_to("Alice <alice@example.com>", true))
+        .await;
+    assert!(
+        matches!(&report[0].delivery, Delivery::Sent { provider: Provider::Email, id } if id.contains("queued as")),
+        "{report:?}"
+    );
+    let mails = mails(out.path());
+    assert_eq!(mails.len(), 1);
+    let m = &mails[0];
+    for header in [
+        "From: Armoricore <noreply@example.com>",
+        "Reply-To: support@example.com",
+        "To: Alice <alice@example.com>",
+        "Subject: Welcome aboard",
+        "Content-Type: multipart/alternative",
+    ] {
+        assert!(m.contains(header), "{header} in:\n{m}");
+    }
+    assert!(
+        m.contains("Hello in text") && m.contains("<b>HTML</b>"),
+        "{m}"
+    );
+
+    // 5xx: permanent, once. 4xx: retried, then given up.
+    let report = sender.deliver(&email_to("perm@example.com", false)).await;
+    assert!(
+        matches!(&report[0], r if r.attempts == 1 && matches!(&r.delivery, Delivery::Failed { reason } if reason.contains("550"))),
+        "{report:?}"
+    );
+    let report = sender.deliver(&email_to("temp@example.com", false)).await;
+    assert!(
+        matches!(&report[0], r if r.attempts == 3 && matches!(&r.delivery, Delivery::Failed { reason } if reason.contains("451"))),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn email_waits_out_an_smtp_server_that_is_down_then_up() {
+    let out = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut c = smtp_config(port);
+    c.retry_initial_ms = 300;
+    c.retry_max_ms = 1000;
+    c.max_attempts = 6;
+    let sender = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .unwrap()
+        .unwrap();
+    let delivering =
+        tokio::spawn(async move { sender.deliver(&email_to("bob@example.com", false)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(mails(out.path()).is_empty());
+    let _server = SmtpServer::start(port, out.path());
+    let report = delivering.await.unwrap();
+    assert!(
+        matches!(&report[0].delivery, Delivery::Sent { .. }),
+        "{report:?}"
+    );
+    assert!(
+        report[0].attempts >= 2,
+        "connection refused first: {report:?}"
+    );
+    assert_eq!(mails(out.path()).len(), 1, "sent once");
+}
