@@ -49,6 +49,8 @@ pub struct Hub {
     pub jobs: Jobs,
     /// Transcoding on this node (`media.enabled` and an ffmpeg found).
     pub media: Option<Arc<crate::actors::transcode::MediaService>>,
+    /// Notification sending on this node (a provider configured).
+    pub notify: Option<Arc<crate::actors::notification::NotifyService>>,
     /// The database (messages, job records), unless `database.url = "off"`.
     pub store: Option<Arc<crate::store::Store>>,
     /// This node's name in job records and the cluster.
@@ -72,6 +74,7 @@ pub struct Services {
     pub jobs: Jobs,
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub media: Option<Arc<crate::actors::transcode::MediaService>>,
+    pub notify: Option<Arc<crate::actors::notification::NotifyService>>,
     pub store: Option<Arc<crate::store::Store>>,
     pub node_name: String,
 }
@@ -89,6 +92,7 @@ impl Hub {
             jobs,
             cluster,
             media,
+            notify,
             store,
             node_name,
         } = services;
@@ -126,6 +130,7 @@ impl Hub {
             outlet,
             jobs,
             media,
+            notify,
             handled: Handled::default(),
             media_owners: Default::default(),
             bus_work_ready: Default::default(),

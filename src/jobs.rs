@@ -9,6 +9,7 @@
 //! Done(payload)                 publish the result event (media.ready, ...), ack
 //! Failed { retry: true }        nak with backoff; after max_deliver: *.failed + dead letter, ack
 //! Failed { retry: false }       publish *.failed {reason}, ack
+//! GaveUp                        publish *.failed {reason, ...}, dead letter, ack
 //! (panic, timeout)              as Failed { retry: true }
 //! (no handler for the subject)  publish *.failed {reason: "not_supported"}, ack
 //! ```
@@ -46,6 +47,12 @@ pub enum Outcome {
     /// Failed; `retry` when another attempt may succeed (a provider timed out),
     /// not when it cannot (broken media, a revoked device token).
     Failed { reason: String, retry: bool },
+    /// Failed after the handler's own retries (a notification whose every target
+    /// failed): `*.failed` with `details` merged in, and the dead-letter subject.
+    GaveUp {
+        reason: String,
+        details: Map<String, Value>,
+    },
 }
 
 /// Does one kind of job. Implementations run the job in their own supervised

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::actors::notification::{NotifyJobs, NotifyService};
 use crate::actors::transcode::{MediaJobs, MediaService};
 use crate::channels::Router;
 use crate::config::Config;
@@ -42,6 +43,8 @@ pub enum StartError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Notify(#[from] crate::notify::sender::SetupError),
     #[error("supervision tree failed to start: {0}")]
     Spawn(#[from] ractor::SpawnErr),
 }
@@ -163,6 +166,37 @@ async fn with_media(
     }
 }
 
+/// Add notification sending as the `notification.requested` handler when a provider
+/// is configured and the caller brought no handler of its own. A provider whose
+/// credentials cannot be read stops start-up.
+fn with_notifications(
+    config: &Config,
+    jobs: Jobs,
+    metrics: &Arc<Metrics>,
+    store: &Option<Arc<crate::store::Store>>,
+) -> Result<(Jobs, Option<Arc<NotifyService>>), StartError> {
+    if jobs.get(crate::bus::events::NOTIFICATION_REQUESTED).is_some() {
+        return Ok((jobs, None));
+    }
+    let Some(sender) = crate::notify::sender::Sender::from_config(&config.notifications, metrics.clone())? else {
+        return Ok((jobs, None));
+    };
+    let providers: Vec<&str> = sender.status().iter().map(|(p, _)| *p).collect();
+    tracing::info!(providers = %providers.join(", "), "notifications");
+    let service = Arc::new(NotifyService::new(
+        sender,
+        config.notifications.concurrency,
+        Duration::from_secs(config.bus.dedupe_window_s),
+        store.clone(),
+        metrics.clone(),
+    ));
+    let jobs = jobs.with(
+        crate::bus::events::NOTIFICATION_REQUESTED,
+        NotifyJobs(service.clone()),
+    );
+    Ok((jobs, Some(service)))
+}
+
 /// The database `database.url` names (none when `off`), migrated.
 pub async fn open_store(
     config: &Config,
@@ -230,11 +264,13 @@ impl Node {
             Some(Arc::new(c))
         };
         let (jobs, media) = with_media(&config, jobs, &metrics).await;
+        let (jobs, notify) = with_notifications(&config, jobs, &metrics, &store)?;
         let services = Services {
             bus,
             jobs,
             cluster,
             media,
+            notify,
             store,
             node_name,
         };

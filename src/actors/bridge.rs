@@ -712,6 +712,21 @@ async fn run_job(
                 }
             }
         }
+        Outcome::GaveUp { reason, details } => {
+            tracing::warn!(subject, event_id = %event.event_id, %reason, "job gave up");
+            let mut payload = jobs::failure_payload(event, &reason);
+            payload.extend(details);
+            let sent = match hub.outlet.publish(failed, payload).await {
+                Ok(sent) => Some(sent),
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
+                    record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
+                    return Settled::Retry(Some(backoff(config, delivered)));
+                }
+            };
+            record(hub, event, JobStatus::Failed, None, Some(&reason)).await;
+            Settled::DeadLetter(reason, sent)
+        }
         Outcome::Failed { reason, retry } if retry && !last_attempt => {
             tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed; will retry");
             record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;

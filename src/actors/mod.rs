@@ -9,6 +9,7 @@
 pub mod bridge;
 pub mod gateway;
 pub mod janitor;
+pub mod notification;
 pub mod presence;
 pub mod session;
 pub mod transcode;

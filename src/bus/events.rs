@@ -262,16 +262,18 @@ payloads! {
     /// `data.platform`) or `data.email`, or to our `tokens` / `email`.
     NotificationRequested = NOTIFICATION_REQUESTED {
         user_id: Id, notification_type: NotificationType, title: String, body: String,
-        ; data: Map<String, Value>, notification_id: Id, tokens: Vec<String>, email: String,
+        ; data: Map<String, Value>, notification_id: Id, tokens: Vec<DeviceToken>, email: EmailTo,
         priority: Priority, ttl_s: u64, collapse_key: String,
     }
-    /// A notification was handed to its provider.
+    /// A notification was handed to its provider(s).
     NotificationSent = NOTIFICATION_SENT {
-        user_id: Id, notification_id: Id, notification_type: String, sent_at: String, ;
+        user_id: Id, notification_id: Id, notification_type: String, sent_at: String,
+        ; provider_ids: Vec<Value>, attempts: u32, failed: Vec<Value>,
     }
     /// A notification could not be sent.
     NotificationFailed = NOTIFICATION_FAILED {
         user_id: Id, reason: String, ; notification_id: Id, notification_type: String,
+        attempts: u32, failed: Vec<Value>,
     }
     /// A provider says this device token is gone: stop using it.
     NotificationTokenInvalid = NOTIFICATION_TOKEN_INVALID {
@@ -344,6 +346,39 @@ pub struct Segment {
 pub enum NotificationType {
     Push,
     Email,
+}
+
+/// One device of `notification.requested`'s `tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceToken {
+    pub platform: DevicePlatform,
+    pub token: String,
+}
+
+/// Where a device token is delivered: FCM (`android`, `web`) or APNs (`ios`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePlatform {
+    Android,
+    Ios,
+    Web,
+}
+
+/// `notification.requested`'s `email`: an address, or `{to, subject?, text?, html?}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmailTo {
+    Address(String),
+    Message {
+        to: Value,
+        #[serde(default)]
+        subject: Option<String>,
+        #[serde(default)]
+        text: Option<String>,
+        #[serde(default)]
+        html: Option<String>,
+    },
 }
 
 /// A notification's delivery priority (FCM/APNs `high` wakes the device).
@@ -595,8 +630,10 @@ mod tests {
                 "payload.notification_type: unknown variant `sms`, expected `push` or `email`"),
             (NOTIFICATION_REQUESTED, with(&notify, "priority", json!("urgent")),
                 "payload.priority: unknown variant `urgent`, expected `normal` or `high`"),
-            (NOTIFICATION_REQUESTED, with(&notify, "tokens", json!(["a", 2])),
-                "payload.tokens[1]: invalid type: integer `2`, expected a string"),
+            (NOTIFICATION_REQUESTED, with(&notify, "tokens", json!([{"platform": "android", "token": 2}])),
+                "payload.tokens[0].token: invalid type: integer `2`, expected a string"),
+            (NOTIFICATION_REQUESTED, with(&notify, "tokens", json!([{"platform": "sms", "token": "t"}])),
+                "payload.tokens[0].platform: unknown variant `sms`, expected one of `android`, `ios`, `web`"),
             (MEDIA_PROGRESS, json!({"media_id": "m1", "user_id": "u1", "progress": 150}),
                 "payload.progress: invalid value: floating point `150.0`, expected a number from 0 to 100"),
             (MEDIA_PROGRESS, json!({"media_id": "m1", "user_id": "u1", "progress": -1}),

@@ -5,6 +5,8 @@
 //!                                                    (Phoenix's Endpoint.broadcast)      → 202 {ok}
 //! POST /api/events      {event_type, payload,        put an event on the bus (how a backend
 //!                        event_id?, source?}         without NATS drives the embedded bus) → 202 {event_id}
+//! POST /api/notify     {user_id, notification_type,  a notification.requested payload,
+//!                        title, body, ...}           put on the bus                       → 202 {event_id, notification_id}
 //! GET  /api/presence/{topic}                         Presence.list: {key: {metas: [..]}}  → 200
 //! POST /api/disconnect  {user_id}                    close all of the user's sockets      → 200 {disconnected}
 //! GET  /api/history/{topic}?before=&limit=           older messages, oldest first         → 200 {messages, more}
@@ -119,7 +121,42 @@ pub async fn publish_event(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     authorize(&hub, &headers)?;
-    let mut body = object(&body)?;
+    publish(&hub, object(&body)?).await
+}
+
+/// `POST /api/notify {user_id, notification_type, title, body, ...}`: the payload of a
+/// `notification.requested` event, put on the bus as one (for backends without a
+/// bus). 202 `{event_id, notification_id}`.
+pub async fn notify(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    authorize(&hub, &headers)?;
+    let mut payload = object(&body)?;
+    let notification_id = match payload.get("notification_id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return Err(bad_request("notification_id must be a non-empty string or a number")),
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            payload.insert("notification_id".into(), json!(id));
+            id
+        }
+    };
+    let mut envelope = Map::new();
+    envelope.insert("event_type".into(), json!(events::NOTIFICATION_REQUESTED));
+    envelope.insert("payload".into(), Value::Object(payload));
+    let response = publish(&hub, envelope).await?;
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let mut answer: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
+    answer["notification_id"] = json!(notification_id);
+    Ok((parts.status, Json(answer)).into_response())
+}
+
+/// Validate an event envelope and put it on the bus (work subjects on the work queue).
+async fn publish(hub: &Hub, mut body: Map<String, Value>) -> Result<Response, Refusal> {
     let subject = string(&body, "event_type")?.to_string();
     if !events::is_known(&subject) {
         return Err(Refusal::new(

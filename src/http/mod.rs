@@ -47,6 +47,7 @@ pub fn app(hub: Arc<Hub>) -> Router {
         .route("/ready", get(ready))
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/events", post(api::publish_event))
+        .route("/api/notify", post(api::notify))
         .route("/api/presence/{topic}", get(api::presence))
         .route("/api/disconnect", post(api::disconnect))
         .route("/api/history/{topic}", get(api::history))
@@ -149,6 +150,18 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
     if let Some(up) = hub.cluster_ready() {
         degraded |= !up;
         body["redis"] = json!({"status": if up { "up" } else { "down" }});
+    }
+    if let Some(notify) = &hub.notify {
+        let mut providers = serde_json::Map::new();
+        for (name, down) in notify.sender.status() {
+            degraded |= down.is_some();
+            let status = match down {
+                None => json!({"status": "up"}),
+                Some(reason) => json!({"status": "down", "reason": reason}),
+            };
+            providers.insert(name.into(), status);
+        }
+        body["notifications"] = serde_json::Value::Object(providers);
     }
     if let Some(store) = &hub.store {
         let up = tokio::time::timeout(std::time::Duration::from_secs(2), store.ping())

@@ -31,15 +31,18 @@ pub enum Child {
     Bridge,
     /// The TranscodeSupervisor (when the node transcodes).
     Media,
+    /// The NotificationSupervisor (when a notification provider is configured).
+    Notifications,
 }
 
 impl Child {
     /// Start order; they stop in reverse (the bridge hands running jobs back
     /// after the sessions are gone).
-    const ALL: [Child; 6] = [
+    const ALL: [Child; 7] = [
         Child::Janitor,
         Child::Presence,
         Child::Media,
+        Child::Notifications,
         Child::Bridge,
         Child::Sessions,
         Child::Gateway,
@@ -104,6 +107,20 @@ impl RootSupervisor {
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, TranscodeSupervisor, service.clone(), sup).await?;
+                service.set_supervisor(Some(actor.clone()));
+                actor.get_cell()
+            }
+            Child::Notifications => {
+                let Some(service) = hub.notify.clone() else {
+                    return Ok(());
+                };
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    crate::actors::notification::NotificationSupervisor,
+                    service.clone(),
+                    sup,
+                )
+                .await?;
                 service.set_supervisor(Some(actor.clone()));
                 actor.get_cell()
             }
@@ -212,6 +229,9 @@ impl Actor for RootSupervisor {
         state.hub.presence.set_tracker(None);
         if let Some(media) = &state.hub.media {
             media.set_supervisor(None);
+        }
+        if let Some(notify) = &state.hub.notify {
+            notify.set_supervisor(None);
         }
         state.hub.set_session_supervisor(None);
         myself.stop_children(None);

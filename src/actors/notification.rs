@@ -1,0 +1,311 @@
+//! NotificationSupervisor and its Notification actors: one actor per
+//! `notification.requested` job.
+//!
+//! ```text
+//! bridge → NotifyJobs::run → NotificationSupervisor ─spawn_linked→ Notification
+//!                                                                  sends to every target
+//!                                                                  (notify::sender), replies, stops
+//! done, ≥ 1 target sent   → notification.sent {user_id, notification_id, notification_type,
+//!                            sent_at, provider_ids, attempts, failed?} (+ `notification` push
+//!                            to user:{user_id}, by the bridge)
+//! dead tokens             → notification.token_invalid {user_id, platform, token} each
+//! nothing sent            → notification.failed {notification_id, reason, attempts} and the
+//!                            dead-letter subject (the sender already retried what it could)
+//! the actor panics        → counted, and the bridge delivers the job again
+//! a repeated notification_id (within bus.dedupe_window_s, or already done in the
+//!                            database) → not sent again; its first result is published again
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+
+use crate::bus::events;
+use crate::jobs::{Job, JobHandler, Outcome};
+use crate::metrics::Metrics;
+use crate::notify::request::{Kind, Notification};
+use crate::notify::sender::{Delivery, Sender, TargetReport};
+use crate::supervisors::policy::exit_of;
+
+type Reports = Vec<TargetReport>;
+type Reply = Arc<Mutex<Option<oneshot::Sender<Reports>>>>;
+
+/// The node's notification sending: the providers and the current supervisor.
+pub struct NotifyService {
+    pub sender: Arc<Sender>,
+    supervisor: Mutex<Option<ActorRef<NotifyMsg>>>,
+    limit: usize,
+    /// Notifications sent recently: notification_id → (when, result payload).
+    sent: Mutex<HashMap<String, (Instant, Map<String, Value>)>>,
+    window: Duration,
+    store: Option<Arc<crate::store::Store>>,
+    metrics: Arc<Metrics>,
+}
+
+impl NotifyService {
+    pub fn new(
+        sender: Sender,
+        limit: usize,
+        window: Duration,
+        store: Option<Arc<crate::store::Store>>,
+        metrics: Arc<Metrics>,
+    ) -> NotifyService {
+        NotifyService {
+            sender: Arc::new(sender),
+            supervisor: Mutex::new(None),
+            limit: limit.max(1),
+            sent: Mutex::default(),
+            window,
+            store,
+            metrics,
+        }
+    }
+
+    pub fn set_supervisor(&self, actor: Option<ActorRef<NotifyMsg>>) {
+        *self.supervisor.lock() = actor;
+    }
+
+    /// Send `n` in its own actor; `None` if that actor died first.
+    async fn run(&self, n: Notification) -> Option<Reports> {
+        let sup = self.supervisor.lock().clone()?;
+        let (reply, reports) = oneshot::channel();
+        sup.cast(NotifyMsg::Run(Box::new(n), reply)).ok()?;
+        reports.await.ok()
+    }
+
+    /// The result of an earlier send of `notification_id`, if one happened: this
+    /// node's recent ones, else a finished job in the database with that id.
+    async fn earlier(&self, notification_id: &str, event_id: &str) -> Option<Map<String, Value>> {
+        {
+            let mut sent = self.sent.lock();
+            sent.retain(|_, (at, _)| at.elapsed() < self.window);
+            if let Some((_, payload)) = sent.get(notification_id) {
+                return Some(payload.clone());
+            }
+        }
+        let store = self.store.as_ref()?;
+        let job = store
+            .job_for(events::NOTIFICATION_REQUESTED, notification_id)
+            .await
+            .ok()??;
+        (job.id != event_id && job.status == crate::store::JobStatus::Done)
+            .then(|| job.result.and_then(|r| r.as_object().cloned()))
+            .flatten()
+    }
+}
+
+/// The `notification.requested` handler.
+pub struct NotifyJobs(pub Arc<NotifyService>);
+
+#[async_trait]
+impl JobHandler for NotifyJobs {
+    fn capacity(&self) -> Option<usize> {
+        Some(self.0.limit)
+    }
+
+    async fn run(&self, job: Job) -> Outcome {
+        let n = match Notification::from_payload(&job.event.payload, &job.event.event_id) {
+            Ok(n) => n,
+            Err(e) => {
+                return Outcome::Failed {
+                    reason: e.to_string(),
+                    retry: false,
+                };
+            }
+        };
+        if let Some(payload) = self.0.earlier(&n.notification_id, &job.event.event_id).await {
+            tracing::info!(notification_id = %n.notification_id, "repeated notification_id: not sent again");
+            return Outcome::Done(payload);
+        }
+        let Some(reports) = self.0.run(n.clone()).await else {
+            return Outcome::Failed {
+                reason: "notification actor crashed".into(),
+                retry: true,
+            };
+        };
+        let outcome = outcome(&n, &reports, &job);
+        if let Outcome::Done(payload) = &outcome {
+            self.0
+                .sent
+                .lock()
+                .insert(n.notification_id.clone(), (Instant::now(), payload.clone()));
+        }
+        outcome
+    }
+}
+
+/// The job's result from its targets' reports; dead tokens are reported on the way.
+fn outcome(n: &Notification, reports: &[TargetReport], job: &Job) -> Outcome {
+    let attempts: u32 = reports.iter().map(|r| r.attempts).sum();
+    let mut provider_ids = Vec::new();
+    let mut failed = Vec::new();
+    for r in reports {
+        let target = r
+            .device
+            .as_ref()
+            .map_or_else(|| json!({"email": true}), |d| json!({"platform": d.platform.as_str(), "token": d.token}));
+        match &r.delivery {
+            Delivery::Sent { provider, id } => {
+                provider_ids.push(json!({"provider": provider.name(), "id": id}));
+            }
+            Delivery::InvalidToken { reason } => {
+                if let Some(d) = &r.device {
+                    let mut payload = Map::new();
+                    payload.insert("user_id".into(), json!(n.user_id));
+                    payload.insert("platform".into(), json!(d.platform.as_str()));
+                    payload.insert("token".into(), json!(d.token));
+                    payload.insert("notification_id".into(), json!(n.notification_id));
+                    payload.insert("reason".into(), json!(reason));
+                    job.outlet.emit(events::NOTIFICATION_TOKEN_INVALID, payload);
+                }
+                failed.push(json!({"target": target, "reason": reason}));
+            }
+            Delivery::Failed { reason } => failed.push(json!({"target": target, "reason": reason})),
+        }
+    }
+    if provider_ids.is_empty() {
+        let reasons: Vec<String> = failed
+            .iter()
+            .filter_map(|f| f["reason"].as_str().map(str::to_string))
+            .collect();
+        let mut details = Map::new();
+        details.insert("notification_id".into(), json!(n.notification_id));
+        details.insert("notification_type".into(), json!(n.kind.name()));
+        details.insert("attempts".into(), json!(attempts));
+        details.insert("failed".into(), Value::Array(failed));
+        return Outcome::GaveUp {
+            reason: format!("not sent: {}", reasons.join("; ")),
+            details,
+        };
+    }
+    let mut payload = Map::new();
+    payload.insert("user_id".into(), json!(n.user_id));
+    payload.insert("notification_id".into(), json!(n.notification_id));
+    payload.insert("notification_type".into(), json!(n.kind.name()));
+    let sent_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    payload.insert("sent_at".into(), json!(sent_at));
+    payload.insert("provider_ids".into(), Value::Array(provider_ids));
+    payload.insert("attempts".into(), json!(attempts));
+    if let Kind::Push { push, .. } = &n.kind {
+        payload.insert("title".into(), json!(push.title));
+        payload.insert("body".into(), json!(push.body));
+    }
+    if !failed.is_empty() {
+        payload.insert("failed".into(), Value::Array(failed));
+    }
+    Outcome::Done(payload)
+}
+
+pub enum NotifyMsg {
+    Run(Box<Notification>, oneshot::Sender<Reports>),
+}
+
+/// Spawns one Notification actor per job; a crashed one is counted and its job
+/// given back to the bridge.
+pub struct NotificationSupervisor;
+
+pub struct SupervisorState {
+    service: Arc<NotifyService>,
+    running: HashMap<ActorId, Reply>,
+}
+
+impl Actor for NotificationSupervisor {
+    type Msg = NotifyMsg;
+    type State = SupervisorState;
+    type Arguments = Arc<NotifyService>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<NotifyMsg>,
+        service: Arc<NotifyService>,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            service,
+            running: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NotifyMsg>,
+        msg: NotifyMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let NotifyMsg::Run(n, reply) = msg;
+        let reply: Reply = Arc::new(Mutex::new(Some(reply)));
+        let args = (state.service.sender.clone(), *n, reply.clone());
+        match Actor::spawn_linked(None, NotificationActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                state.running.insert(actor.get_id(), reply);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not start a notification actor");
+                reply.lock().take(); // the job sees the actor gone
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<NotifyMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some((cell, exit)) = exit_of(&event) else {
+            return Ok(());
+        };
+        if let Some(reply) = state.running.remove(&cell.get_id())
+            && reply.lock().take().is_some()
+        {
+            // Died before answering: counted; the job goes back to the bridge.
+            state
+                .service
+                .metrics
+                .restarts
+                .with_label_values(&["notifications"])
+                .inc();
+            tracing::error!(?exit, "notification actor crashed");
+        }
+        Ok(())
+    }
+}
+
+/// One notification: sends it, answers, stops.
+pub struct NotificationActor;
+
+impl Actor for NotificationActor {
+    type Msg = ();
+    type State = Option<(Arc<Sender>, Notification, Reply)>;
+    type Arguments = (Arc<Sender>, Notification, Reply);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        args: (Arc<Sender>, Notification, Reply),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(Some(args))
+    }
+
+    /// The sending runs here, in the actor's own task (the supervisor is not held up).
+    async fn post_start(
+        &self,
+        myself: ActorRef<()>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((sender, n, reply)) = state.take() {
+            let reports = sender.deliver(&n).await;
+            if let Some(reply) = reply.lock().take() {
+                let _ = reply.send(reports);
+            }
+        }
+        myself.stop(None);
+        Ok(())
+    }
+}
