@@ -175,10 +175,15 @@ fn with_notifications(
     metrics: &Arc<Metrics>,
     store: &Option<Arc<crate::store::Store>>,
 ) -> Result<(Jobs, Option<Arc<NotifyService>>), StartError> {
-    if jobs.get(crate::bus::events::NOTIFICATION_REQUESTED).is_some() {
+    if jobs
+        .get(crate::bus::events::NOTIFICATION_REQUESTED)
+        .is_some()
+    {
         return Ok((jobs, None));
     }
-    let Some(sender) = crate::notify::sender::Sender::from_config(&config.notifications, metrics.clone())? else {
+    let Some(sender) =
+        crate::notify::sender::Sender::from_config(&config.notifications, metrics.clone())?
+    else {
         return Ok((jobs, None));
     };
     let providers: Vec<&str> = sender.status().iter().map(|(p, _)| *p).collect();

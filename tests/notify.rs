@@ -721,3 +721,126 @@ async fn email_waits_out_an_smtp_server_that_is_down_then_up() {
     );
     assert_eq!(mails(out.path()).len(), 1, "sent once");
 }
+
+async fn events(
+    node: &common::TestNode,
+    subject: &str,
+) -> futures_util::stream::BoxStream<'static, Value> {
+    use futures_util::StreamExt;
+    node.node()
+        .hub()
+        .bus
+        .subscribe(subject)
+        .await
+        .unwrap()
+        .map(|m| serde_json::from_slice(&m.body).unwrap())
+        .boxed()
+}
+
+async fn next_event(stream: &mut futures_util::stream::BoxStream<'static, Value>) -> Value {
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event in time")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_node_sends_notifications_as_jobs_and_reports_each_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stand, base, account) = fcm_stand_in(dir.path()).await;
+    stand.seen.lock().script.insert(
+        "gone".into(),
+        vec![
+            (
+                404,
+                fcm_error(404, "UNREGISTERED", "Requested entity was not found."),
+                None
+            );
+            3
+        ],
+    );
+    let node = common::TestNode::start_with(move |c| {
+        c.notifications.fcm.service_account_file = account.display().to_string();
+        c.notifications.fcm.base_url = base;
+    })
+    .await;
+    let (_, ready) = node.get("/ready").await;
+    assert!(
+        ready.contains(r#""notifications":{"fcm":{"status":"up"}}"#),
+        "{ready}"
+    );
+    let mut sent = events(&node, "notification.sent").await;
+    let mut invalid = events(&node, "notification.token_invalid").await;
+    let mut failed = events(&node, "notification.failed").await;
+    let mut dead = events(&node, "armoricore.dlq.notification.requested").await;
+    let mut alice = node.connect("u1").await;
+    alice.join("user:u1", json!({})).await;
+
+    // One good token, one dead: sent, and the dead one reported.
+    let request = json!({"user_id": "u1", "notification_id": "n-1", "notification_type": "push",
+        "title": "Hi", "body": "There", "tokens": [
+            {"platform": "android", "token": "good"}, {"platform": "ios", "token": "gone"}]});
+    let (status, body) = node.api_post("/api/notify", &request).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["notification_id"], "n-1");
+    let e = next_event(&mut sent).await;
+    let p = &e["payload"];
+    assert_eq!(
+        (p["user_id"].as_str(), p["notification_id"].as_str()),
+        (Some("u1"), Some("n-1"))
+    );
+    assert_eq!(p["provider_ids"][0]["provider"], "fcm");
+    assert!(
+        p["provider_ids"][0]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("projects/test-project/messages/")
+    );
+    assert_eq!(p["failed"][0]["target"]["token"], "gone");
+    let e = next_event(&mut invalid).await;
+    assert_eq!(e["payload"]["token"], "gone");
+    assert_eq!(e["payload"]["platform"], "ios");
+    let pushed = alice.assert_push("user:u1", "notification").await;
+    assert_eq!(pushed[4]["notification_id"], "n-1");
+
+    // The same notification_id again: not sent again.
+    let (status, _) = node.api_post("/api/notify", &request).await;
+    assert_eq!(status, 202);
+    let again = next_event(&mut sent).await;
+    assert_eq!(again["payload"]["notification_id"], "n-1");
+    let to_good = |s: &Seen| {
+        s.requests
+            .iter()
+            .filter(|r| r["message"]["token"] == "good")
+            .count()
+    };
+    assert_eq!(to_good(&stand.seen.lock()), 1, "sent once");
+
+    // Nothing deliverable: notification.failed, and the dead letters keep it.
+    let only_dead = json!({"user_id": "u1", "notification_type": "push", "title": "t", "body": "b",
+        "data": {"device_token": "gone", "platform": "android"}});
+    node.api_post("/api/notify", &only_dead).await;
+    let e = next_event(&mut failed).await;
+    assert!(
+        e["payload"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("UNREGISTERED"),
+        "{e}"
+    );
+    assert_eq!(e["payload"]["attempts"], 1);
+    let letter = next_event(&mut dead).await;
+    assert_eq!(letter["event"]["payload"]["data"]["device_token"], "gone");
+
+    // A request that cannot be a notification is refused up front.
+    let (status, body) = node
+        .api_post(
+            "/api/notify",
+            &json!({"user_id": "u1", "notification_type": "push",
+            "title": "t", "body": "b", "tokens": [{"platform": "sms", "token": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    node.shutdown().await;
+}

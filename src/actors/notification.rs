@@ -34,6 +34,8 @@ use crate::notify::sender::{Delivery, Sender, TargetReport};
 use crate::supervisors::policy::exit_of;
 
 type Reports = Vec<TargetReport>;
+/// When a notification was sent, and its `notification.sent` payload.
+type Sent = (Instant, Map<String, Value>);
 type Reply = Arc<Mutex<Option<oneshot::Sender<Reports>>>>;
 
 /// The node's notification sending: the providers and the current supervisor.
@@ -42,7 +44,7 @@ pub struct NotifyService {
     supervisor: Mutex<Option<ActorRef<NotifyMsg>>>,
     limit: usize,
     /// Notifications sent recently: notification_id → (when, result payload).
-    sent: Mutex<HashMap<String, (Instant, Map<String, Value>)>>,
+    sent: Mutex<HashMap<String, Sent>>,
     window: Duration,
     store: Option<Arc<crate::store::Store>>,
     metrics: Arc<Metrics>,
@@ -119,7 +121,11 @@ impl JobHandler for NotifyJobs {
                 };
             }
         };
-        if let Some(payload) = self.0.earlier(&n.notification_id, &job.event.event_id).await {
+        if let Some(payload) = self
+            .0
+            .earlier(&n.notification_id, &job.event.event_id)
+            .await
+        {
             tracing::info!(notification_id = %n.notification_id, "repeated notification_id: not sent again");
             return Outcome::Done(payload);
         }
@@ -146,10 +152,10 @@ fn outcome(n: &Notification, reports: &[TargetReport], job: &Job) -> Outcome {
     let mut provider_ids = Vec::new();
     let mut failed = Vec::new();
     for r in reports {
-        let target = r
-            .device
-            .as_ref()
-            .map_or_else(|| json!({"email": true}), |d| json!({"platform": d.platform.as_str(), "token": d.token}));
+        let target = r.device.as_ref().map_or_else(
+            || json!({"email": true}),
+            |d| json!({"platform": d.platform.as_str(), "token": d.token}),
+        );
         match &r.delivery {
             Delivery::Sent { provider, id } => {
                 provider_ids.push(json!({"provider": provider.name(), "id": id}));

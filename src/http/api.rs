@@ -137,7 +137,11 @@ pub async fn notify(
     let notification_id = match payload.get("notification_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
-        Some(_) => return Err(bad_request("notification_id must be a non-empty string or a number")),
+        Some(_) => {
+            return Err(bad_request(
+                "notification_id must be a non-empty string or a number",
+            ));
+        }
         None => {
             let id = uuid::Uuid::now_v7().to_string();
             payload.insert("notification_id".into(), json!(id));
@@ -149,7 +153,9 @@ pub async fn notify(
     envelope.insert("payload".into(), Value::Object(payload));
     let response = publish(&hub, envelope).await?;
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let mut answer: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
     answer["notification_id"] = json!(notification_id);
     Ok((parts.status, Json(answer)).into_response())
