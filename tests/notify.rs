@@ -844,3 +844,36 @@ async fn a_node_sends_notifications_as_jobs_and_reports_each_outcome() {
     assert_eq!(status, 422, "{body}");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_notification_id_done_before_a_restart_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stand, base, account) = fcm_stand_in(dir.path()).await;
+    let db = format!("sqlite://{}/notify.db", dir.path().display());
+    let start = || {
+        let (account, base, db) = (account.display().to_string(), base.clone(), db.clone());
+        common::TestNode::start_with(move |c| {
+            c.notifications.fcm.service_account_file = account;
+            c.notifications.fcm.base_url = base;
+            c.database.url = db;
+        })
+    };
+    let request = json!({"user_id": "u1", "notification_id": "n-2", "notification_type": "push",
+        "title": "Hi", "body": "There", "tokens": [{"platform": "android", "token": "t2"}]});
+    let node = start().await;
+    let mut sent = events(&node, "notification.sent").await;
+    node.api_post("/api/notify", &request).await;
+    let first = next_event(&mut sent).await;
+    node.shutdown().await;
+    let node = start().await;
+    let mut sent = events(&node, "notification.sent").await;
+    node.api_post("/api/notify", &request).await;
+    let again = next_event(&mut sent).await;
+    assert_eq!(
+        again["payload"]["provider_ids"], first["payload"]["provider_ids"],
+        "the first result"
+    );
+    let sends = stand.seen.lock().requests.len();
+    assert_eq!(sends, 1, "sent once across the restart");
+    node.shutdown().await;
+}

@@ -93,12 +93,10 @@ impl NotifyService {
         }
         let store = self.store.as_ref()?;
         let job = store
-            .job_for(events::NOTIFICATION_REQUESTED, notification_id)
+            .done_job_for(events::NOTIFICATION_REQUESTED, notification_id, event_id)
             .await
             .ok()??;
-        (job.id != event_id && job.status == crate::store::JobStatus::Done)
-            .then(|| job.result.and_then(|r| r.as_object().cloned()))
-            .flatten()
+        job.result.and_then(|r| r.as_object().cloned())
     }
 }
 

@@ -213,6 +213,27 @@ impl Store {
         row.as_ref().map(record).transpose()
     }
 
+    /// A job of `kind` about `subject_id`, other than `except_id`, that is done (an
+    /// earlier send of the same notification).
+    pub async fn done_job_for(
+        &self,
+        kind: &str,
+        subject_id: &str,
+        except_id: &str,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM jobs WHERE kind = $1 AND subject_id = $2 AND id <> $3 \
+             AND status = 'done' ORDER BY updated_at DESC LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind)
+            .bind(subject_id)
+            .bind(except_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
     /// Jobs by status and kind (either may be `None`: any), newest change first.
     pub async fn jobs(
         &self,
