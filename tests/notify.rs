@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use armoricore::config::{Config, NotificationsConfig};
 use armoricore::metrics::Metrics;
-use armoricore::notify::request::{Device, Notification, Platform};
+use armoricore::notify::request::{Notification, Platform};
 use armoricore::notify::sender::{Delivery, Provider, Sender};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RsaKeyPair};
@@ -576,10 +576,6 @@ fn a_bad_service_account_or_key_is_a_start_up_error() {
             .is_none(),
         "nothing configured"
     );
-    let _ = Device {
-        platform: Platform::Web,
-        token: String::new(),
-    };
 }
 
 /// A real SMTP server (aiosmtpd) on `port`, saving each message in `out`.

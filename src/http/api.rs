@@ -121,7 +121,8 @@ pub async fn publish_event(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     authorize(&hub, &headers)?;
-    publish(&hub, object(&body)?).await
+    let event_id = publish(&hub, object(&body)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event_id}))).into_response())
 }
 
 /// `POST /api/notify {user_id, notification_type, title, body, ...}`: the payload of a
@@ -151,18 +152,14 @@ pub async fn notify(
     let mut envelope = Map::new();
     envelope.insert("event_type".into(), json!(events::NOTIFICATION_REQUESTED));
     envelope.insert("payload".into(), Value::Object(payload));
-    let response = publish(&hub, envelope).await?;
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let mut answer: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
-    answer["notification_id"] = json!(notification_id);
-    Ok((parts.status, Json(answer)).into_response())
+    let event_id = publish(&hub, envelope).await?;
+    let answer = json!({"event_id": event_id, "notification_id": notification_id});
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
-/// Validate an event envelope and put it on the bus (work subjects on the work queue).
-async fn publish(hub: &Hub, mut body: Map<String, Value>) -> Result<Response, Refusal> {
+/// Validate an event envelope and put it on the bus (work subjects on the work
+/// queue); its `event_id`.
+async fn publish(hub: &Hub, mut body: Map<String, Value>) -> Result<String, Refusal> {
     let subject = string(&body, "event_type")?.to_string();
     if !events::is_known(&subject) {
         return Err(Refusal::new(
@@ -216,11 +213,7 @@ async fn publish(hub: &Hub, mut body: Map<String, Value>) -> Result<Response, Re
         .bus_events_out
         .with_label_values(&[subject.as_str()])
         .inc();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"event_id": envelope.event_id})),
-    )
-        .into_response())
+    Ok(envelope.event_id)
 }
 
 /// `GET /api/presence/{topic}`: the topic's presences, as `presence_state` has them.
