@@ -275,6 +275,8 @@ pub struct FcmConfig {
     pub service_account_file: String,
     pub base_url: String,
     pub concurrency: usize,
+    /// Sends per second at most (0: no limit).
+    pub rate_per_s: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +293,8 @@ pub struct ApnsConfig {
     /// Overrides the host `environment` picks (a relay, a test stand-in).
     pub base_url: String,
     pub concurrency: usize,
+    /// Sends per second at most (0: no limit).
+    pub rate_per_s: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +311,8 @@ pub struct EmailConfig {
     pub reply_to: String,
     pub timeout_s: u64,
     pub concurrency: usize,
+    /// Emails per second at most (0: no limit).
+    pub rate_per_s: u32,
 }
 
 /// Where messages and job records are kept (`[database]`).

@@ -43,6 +43,15 @@ impl TokenBucket {
         }
     }
 
+    /// Take one token if there is one (`None`); else how long until there is.
+    pub fn take_or_wait(&mut self) -> Option<Duration> {
+        if self.take() {
+            return None;
+        }
+        let missing = 1.0 - self.tokens;
+        Some(Duration::from_secs_f64(missing / self.per_s.max(1e-9)))
+    }
+
     fn idle_for(&self) -> Duration {
         self.last.elapsed()
     }
@@ -94,6 +103,17 @@ impl UserLimits {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_empty_bucket_says_how_long_to_wait() {
+        let mut b = TokenBucket::new(10, 1);
+        assert_eq!(b.take_or_wait(), None);
+        let wait = b.take_or_wait().expect("empty");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+    }
+
     use super::*;
 
     #[test]

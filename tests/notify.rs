@@ -873,3 +873,34 @@ async fn a_notification_id_done_before_a_restart_is_not_sent_again() {
     assert_eq!(sends, 1, "sent once across the restart");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_provider_rate_paces_its_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stand, base, account) = fcm_stand_in(dir.path()).await;
+    let mut c = config();
+    c.fcm.service_account_file = account.display().to_string();
+    c.fcm.base_url = base;
+    c.fcm.rate_per_s = 5;
+    let sender = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .unwrap()
+        .unwrap();
+    let tokens: Vec<(String, Platform)> = (0..10)
+        .map(|i| (format!("t{i}"), Platform::Android))
+        .collect();
+    let tokens: Vec<(&str, Platform)> = tokens.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    let started = std::time::Instant::now();
+    let reports = sender.deliver(&push_to(&tokens)).await;
+    assert!(
+        reports
+            .iter()
+            .all(|r| matches!(r.delivery, Delivery::Sent { .. }))
+    );
+    // A burst of 5, then 5 more at 5 per second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stand.seen.lock().requests.len(), 10);
+}

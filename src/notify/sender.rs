@@ -37,19 +37,37 @@ pub enum SetupError {
     Http(#[from] reqwest::Error),
 }
 
-/// One provider, its send slots, and whether it is down.
+/// One provider, its send slots and rate, and whether it is down.
 struct Slot<P> {
     provider: P,
     slots: Semaphore,
+    /// Sends per second (`rate_per_s`), when limited.
+    rate: Option<Mutex<crate::limits::TokenBucket>>,
     down: Mutex<Option<(Instant, String)>>,
 }
 
 impl<P> Slot<P> {
-    fn new(provider: P, concurrency: usize) -> Slot<P> {
+    fn new(provider: P, concurrency: usize, rate_per_s: u32) -> Slot<P> {
         Slot {
             provider,
             slots: Semaphore::new(concurrency.max(1)),
+            rate: (rate_per_s > 0)
+                .then(|| Mutex::new(crate::limits::TokenBucket::new(rate_per_s, rate_per_s))),
             down: Mutex::new(None),
+        }
+    }
+
+    /// Wait for a send token, if the provider's rate is limited.
+    async fn paced(&self) {
+        let Some(rate) = &self.rate else {
+            return;
+        };
+        loop {
+            let wait = rate.lock().take_or_wait();
+            match wait {
+                None => return,
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
         }
     }
 
@@ -132,6 +150,7 @@ impl Sender {
             path => Some(Slot::new(
                 Fcm::from_file(path, &config.fcm.base_url, client.clone())?,
                 config.fcm.concurrency,
+                config.fcm.rate_per_s,
             )),
         };
         let a = &config.apns;
@@ -150,7 +169,11 @@ impl Sender {
                     topic: &a.topic,
                     base_url,
                 };
-                Some(Slot::new(Apns::new(&settings, client)?, a.concurrency))
+                Some(Slot::new(
+                    Apns::new(&settings, client)?,
+                    a.concurrency,
+                    a.rate_per_s,
+                ))
             }
         };
         let email = match config.email.smtp_host.as_str() {
@@ -158,6 +181,7 @@ impl Sender {
             _ => Some(Slot::new(
                 Mailer::new(&config.email)?,
                 config.email.concurrency,
+                config.email.rate_per_s,
             )),
         };
         if fcm.is_none() && apns.is_none() && email.is_none() {
@@ -274,6 +298,7 @@ impl Sender {
             attempts += 1;
             let result = {
                 let _slot = slot.slots.acquire().await.expect("never closed");
+                slot.paced().await;
                 self.metrics
                     .notify_in_flight
                     .with_label_values(&[name])
