@@ -904,3 +904,76 @@ async fn a_provider_rate_paces_its_sends() {
     );
     assert_eq!(stand.seen.lock().requests.len(), 10);
 }
+
+#[tokio::test]
+async fn fcm_sender_mismatch_is_a_dead_token_internal_retries_and_third_party_auth_downs_fcm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stand, base, account) = fcm_stand_in(dir.path()).await;
+    {
+        let mut seen = stand.seen.lock();
+        seen.script.insert(
+            "other-project".into(),
+            vec![(
+                403,
+                fcm_error(403, "SENDER_ID_MISMATCH", "SenderId mismatch"),
+                None,
+            )],
+        );
+        seen.script.insert(
+            "flaky".into(),
+            vec![(500, fcm_error(500, "INTERNAL", "Internal error"), None)],
+        );
+        seen.script.insert(
+            "ios-app".into(),
+            vec![(
+                401,
+                fcm_error(
+                    401,
+                    "THIRD_PARTY_AUTH_ERROR",
+                    "Auth error from APNS or Web Push Service",
+                ),
+                None,
+            )],
+        );
+    }
+    let mut c = config();
+    c.fcm.service_account_file = account.display().to_string();
+    c.fcm.base_url = base;
+    let sender = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .unwrap()
+        .unwrap();
+    let first = sender
+        .deliver(&push_to(&[
+            ("other-project", Platform::Android),
+            ("flaky", Platform::Android),
+        ]))
+        .await;
+    assert!(
+        matches!(&first[0], r if r.attempts == 1 && matches!(r.delivery, Delivery::InvalidToken { .. })),
+        "{first:?}"
+    );
+    assert!(
+        matches!(&first[1], r if r.attempts == 2 && matches!(r.delivery, Delivery::Sent { .. })),
+        "{first:?}"
+    );
+    let auth = sender
+        .deliver(&push_to(&[("ios-app", Platform::Ios)]))
+        .await;
+    assert!(
+        matches!(&auth[0].delivery, Delivery::Failed { reason } if reason.contains("THIRD_PARTY_AUTH_ERROR")),
+        "{auth:?}"
+    );
+    assert!(
+        sender
+            .status()
+            .iter()
+            .any(|(p, down)| *p == "fcm" && down.is_some())
+    );
+    let next = sender
+        .deliver(&push_to(&[("fine", Platform::Android)]))
+        .await;
+    assert_eq!(
+        next[0].attempts, 0,
+        "failed fast while FCM is down: {next:?}"
+    );
+}
