@@ -370,6 +370,13 @@ impl History {
         self.persist.as_ref()
     }
 
+    /// The database, or why there is none.
+    fn persisted(&self) -> Result<&Persist, HistoryError> {
+        self.persist.as_ref().ok_or_else(|| {
+            HistoryError::Unavailable("messages are not kept (database.url = \"off\")".into())
+        })
+    }
+
     /// (size, ttl) of the longest rule matching `topic`; no rule: offsets only.
     fn rule(&self, topic: &str) -> (usize, Duration) {
         self.config
@@ -902,11 +909,7 @@ impl History {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, HistoryError> {
-        let Some(p) = &self.persist else {
-            return Err(HistoryError::Unavailable(
-                "messages are not kept (database.url = \"off\")".into(),
-            ));
-        };
+        let p = self.persisted()?;
         p.store
             .messages_before(topic, before, limit.clamp(1, p.page_max))
             .await
@@ -924,11 +927,7 @@ impl History {
     /// recovery ring, and tell the topic `msg_deleted {id, offset}`. Its topic and
     /// offset, or `None` if no such message is kept.
     pub async fn delete(&self, msg_id: &str) -> Result<Option<(String, u64)>, HistoryError> {
-        let Some(p) = &self.persist else {
-            return Err(HistoryError::Unavailable(
-                "messages are not kept (database.url = \"off\")".into(),
-            ));
-        };
+        let p = self.persisted()?;
         let deleted = p.store.delete_message(msg_id).await.map_err(|e| {
             p.store
                 .metrics

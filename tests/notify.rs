@@ -51,6 +51,24 @@ struct Seen {
     script: HashMap<String, Vec<Answer>>,
 }
 
+impl Seen {
+    /// The next scripted answer for `token`, as a response; `None`: answer 200.
+    fn scripted(&mut self, token: &str) -> Option<Response> {
+        let answers = self.script.get_mut(token)?;
+        if answers.is_empty() {
+            return None;
+        }
+        let (status, body, retry_after) = answers.remove(0);
+        let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+        if let Some(ra) = retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", ra.parse().unwrap());
+        }
+        Some(response)
+    }
+}
+
 #[derive(Clone)]
 struct Stand {
     seen: Arc<Mutex<Seen>>,
@@ -147,23 +165,11 @@ async fn fcm_send(
     }
     let mut seen = s.seen.lock();
     seen.requests.push(body.clone());
-    let next = seen
-        .script
-        .get_mut(&token)
-        .and_then(|answers| (!answers.is_empty()).then(|| answers.remove(0)));
-    match next {
+    match seen.scripted(&token) {
+        Some(error) => error,
         None => {
             Json(json!({"name": format!("projects/test-project/messages/{}", seen.requests.len())}))
                 .into_response()
-        }
-        Some((status, body, retry_after)) => {
-            let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
-            if let Some(ra) = retry_after {
-                response
-                    .headers_mut()
-                    .insert("retry-after", ra.parse().unwrap());
-            }
-            response
         }
     }
 }
@@ -256,11 +262,8 @@ async fn apns_send(
     let mut seen = s.seen.lock();
     seen.requests.push(json!({"token": token, "body": body,
         "collapse": h("apns-collapse-id"), "expiration": h("apns-expiration")}));
-    let next = seen
-        .script
-        .get_mut(&token)
-        .and_then(|answers| (!answers.is_empty()).then(|| answers.remove(0)));
-    match next {
+    match seen.scripted(&token) {
+        Some(error) => error,
         None => {
             let mut ok = StatusCode::OK.into_response();
             ok.headers_mut().insert(
@@ -270,15 +273,6 @@ async fn apns_send(
                     .unwrap(),
             );
             ok
-        }
-        Some((status, body, retry_after)) => {
-            let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
-            if let Some(ra) = retry_after {
-                response
-                    .headers_mut()
-                    .insert("retry-after", ra.parse().unwrap());
-            }
-            response
         }
     }
 }

@@ -695,11 +695,13 @@ async fn run_job(
             }
         }
     };
-    match outcome {
+    // Final failures: `*.failed`, then acked, or kept in the dead letters when the
+    // job was retryable to the end or gave up after its own retries.
+    let (reason, details, dead_letter) = match outcome {
         Outcome::Done(payload) => {
             let result = jobs::result_subject(subject).unwrap_or(subject);
             let kept = Value::Object(payload.clone());
-            match hub.outlet.publish(result, payload).await {
+            return match hub.outlet.publish(result, payload).await {
                 Ok(sent) => {
                     record(hub, event, JobStatus::Done, Some(&kept), None).await;
                     Settled::Acked("done", Some(sent))
@@ -710,49 +712,34 @@ async fn run_job(
                     record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
                     Settled::Retry(Some(backoff(config, delivered)))
                 }
-            }
-        }
-        Outcome::GaveUp { reason, details } => {
-            tracing::warn!(subject, event_id = %event.event_id, %reason, "job gave up");
-            let mut payload = jobs::failure_payload(event, &reason);
-            payload.extend(details);
-            let sent = match hub.outlet.publish(failed, payload).await {
-                Ok(sent) => Some(sent),
-                Err(e) => {
-                    tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
-                    record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
-                    return Settled::Retry(Some(backoff(config, delivered)));
-                }
             };
-            record(hub, event, JobStatus::Failed, None, Some(&reason)).await;
-            Settled::DeadLetter(reason, sent)
         }
         Outcome::Failed { reason, retry } if retry && !last_attempt => {
             tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed; will retry");
             record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
-            Settled::Retry(Some(backoff(config, delivered)))
+            return Settled::Retry(Some(backoff(config, delivered)));
         }
         Outcome::Failed { reason, retry } => {
-            tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed");
-            let sent = match hub
-                .outlet
-                .publish(failed, jobs::failure_payload(event, &reason))
-                .await
-            {
-                Ok(sent) => Some(sent),
-                Err(e) => {
-                    tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
-                    record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
-                    return Settled::Retry(Some(backoff(config, delivered)));
-                }
-            };
-            record(hub, event, JobStatus::Failed, None, Some(&reason)).await;
-            if retry {
-                Settled::DeadLetter(format!("max deliveries reached: {reason}"), sent)
-            } else {
-                Settled::Acked("failed", sent)
-            }
+            let dead = retry.then(|| format!("max deliveries reached: {reason}"));
+            (reason, Map::new(), dead)
         }
+        Outcome::GaveUp { reason, details } => (reason.clone(), details, Some(reason)),
+    };
+    tracing::warn!(subject, event_id = %event.event_id, delivered, %reason, "job failed");
+    let mut payload = jobs::failure_payload(event, &reason);
+    payload.extend(details);
+    let sent = match hub.outlet.publish(failed, payload).await {
+        Ok(sent) => Some(sent),
+        Err(e) => {
+            tracing::warn!(subject, error = %e, "could not publish a job failure; retrying");
+            record(hub, event, JobStatus::Retrying, None, Some(&reason)).await;
+            return Settled::Retry(Some(backoff(config, delivered)));
+        }
+    };
+    record(hub, event, JobStatus::Failed, None, Some(&reason)).await;
+    match dead_letter {
+        Some(why) => Settled::DeadLetter(why, sent),
+        None => Settled::Acked("failed", sent),
     }
 }
 
