@@ -305,6 +305,9 @@ pub struct EmailConfig {
     pub smtp_port: u16,
     /// `starttls`, `tls` (implicit, port 465) or `none`.
     pub tls: String,
+    /// PEM file of extra CA certificates to trust (a private relay's own CA);
+    /// empty: the system's roots only.
+    pub ca_file: String,
     pub username: String,
     pub password: String,
     pub from: String,
@@ -492,6 +495,12 @@ impl Config {
             return Err(invalid(
                 "bus.max_ack_pending",
                 "must be at least bus.concurrency (NATS stops delivering at the limit)",
+            ));
+        }
+        if (self.bus.max_ack_pending as u64) < self.notifications.concurrency as u64 {
+            return Err(invalid(
+                "bus.max_ack_pending",
+                "must be at least notifications.concurrency (NATS stops delivering at the limit)",
             ));
         }
         let redis = &self.cluster.redis_url;
@@ -739,20 +748,30 @@ fn apply_env(
         // Only names with a `__` are config keys: ARMORICORE_CONFIG and friends are not.
         if let Some(rest) = name.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) {
             let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            if parts.len() != 2 || parts.iter().any(String::is_empty) {
-                return Err(invalid(&name, "expected ARMORICORE_<SECTION>__<KEY>"));
+            if parts.iter().any(String::is_empty) {
+                return Err(invalid(
+                    &name,
+                    "expected ARMORICORE_<SECTION>__<KEY> (or <SECTION>__<SUBSECTION>__<KEY>)",
+                ));
             }
-            overrides.push((name, parts[0].clone(), parts[1].clone(), raw));
+            overrides.push((name, parts, raw));
         } else if let Some((_, section, key)) = LEGACY_ENV.iter().find(|(n, _, _)| *n == name) {
-            overrides.push((name.clone(), section.to_string(), key.to_string(), raw));
+            overrides.push((
+                name.clone(),
+                vec![section.to_string(), key.to_string()],
+                raw,
+            ));
         }
     }
-    for (name, section, key, raw) in overrides {
-        let path = format!("{section}.{key}");
-        let slot = table
-            .get_mut(&section)
-            .and_then(Value::as_table_mut)
-            .and_then(|t| t.get_mut(&key))
+    for (name, parts, raw) in overrides {
+        let path = parts.join(".");
+        let (key, sections) = parts.split_last().expect("at least two parts");
+        let slot = sections
+            .iter()
+            .try_fold(&mut *table, |t, s| {
+                t.get_mut(s).and_then(Value::as_table_mut)
+            })
+            .and_then(|t| t.get_mut(key))
             .ok_or_else(|| invalid(&path, format!("unknown key (from {name})")))?;
         *slot = match slot {
             Value::String(_) => Value::String(raw),
@@ -826,9 +845,14 @@ mod tests {
                 ("ARMORICORE_SOCKET__MAX_CHANNELS", "7"),
                 ("MESSAGE_BUS_URL", "nats://127.0.0.1:4222"),
                 ("ARMORICORE_BUS__BACKOFF_MS", "10, 20"),
+                (
+                    "ARMORICORE_NOTIFICATIONS__FCM__BASE_URL",
+                    "http://relay:8080",
+                ),
             ]),
         )
         .unwrap();
+        assert_eq!(c.notifications.fcm.base_url, "http://relay:8080");
         assert_eq!(c.bus.url, "nats://127.0.0.1:4222");
         assert_eq!(c.bus.backoff_ms, vec![10, 20]);
         assert_eq!(c.server.port, 4100);
@@ -843,6 +867,8 @@ mod tests {
         let e = Config::load_from(None, env(&[("ARMORICORE_SOCKET__NOPE", "1")])).unwrap_err();
         assert!(e.to_string().starts_with("socket.nope: unknown key"), "{e}");
         let e = Config::load_from(None, env(&[("ARMORICORE_SOCKET__A__B", "1")])).unwrap_err();
+        assert!(e.to_string().starts_with("socket.a.b: unknown key"), "{e}");
+        let e = Config::load_from(None, env(&[("ARMORICORE_SOCKET____B", "1")])).unwrap_err();
         assert!(e.to_string().contains("ARMORICORE_<SECTION>__<KEY>"), "{e}");
         assert!(Config::load_from(None, env(&[("ARMORICORE_CONFIG", "x.toml")])).is_ok());
         let e = Config::load_from(None, env(&[("PORT", "70000")])).unwrap_err();

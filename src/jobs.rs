@@ -61,9 +61,9 @@ pub enum Outcome {
 pub trait JobHandler: Send + Sync + 'static {
     async fn run(&self, job: Job) -> Outcome;
 
-    /// Jobs this handler runs at once, if fewer than `bus.concurrency`: the
-    /// bridge takes no more than that off the bus, so the rest stay available to
-    /// other nodes and no job's timeout runs while it waits for a slot here.
+    /// Jobs this handler runs at once (`None`: `bus.concurrency`): the bridge
+    /// takes no more than that off the bus, so the rest stay available to other
+    /// nodes and no job's timeout runs while it waits for a slot here.
     fn capacity(&self) -> Option<usize> {
         None
     }

@@ -109,3 +109,27 @@ async fn every_scenario_runs_against_armoricore() {
     assert_eq!(presence["converged"], 100, "{presence}");
     node.shutdown().await;
 }
+
+#[test]
+fn the_notify_scenario_runs_against_its_fcm_stand_in() {
+    let out = Command::new(env!("CARGO_BIN_EXE_armoricore-bench"))
+        .args(["notify", "--jobs", "300", "--window", "50", "--json"])
+        .output()
+        .expect("armoricore-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "notify failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["jobs"], 300);
+    for run in ["baseline", "armoricore"] {
+        let r = &result[run];
+        assert!(r["sends_per_s"].as_f64().unwrap() > 0.0, "{result}");
+        assert!(
+            r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap(),
+            "{result}"
+        );
+    }
+}

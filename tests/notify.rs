@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,286 +12,9 @@ use armoricore::config::{Config, NotificationsConfig};
 use armoricore::metrics::Metrics;
 use armoricore::notify::request::{Notification, Platform};
 use armoricore::notify::sender::{Delivery, Provider, Sender};
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RsaKeyPair};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Version};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Form, Json, Router};
-use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use parking_lot::Mutex;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use common::push::{Seen, SmtpServer, TLS_CA, apns_stand_in, fcm_error, fcm_stand_in, mails, pem};
 use serde_json::{Value, json};
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
-/// A scripted answer: status, JSON body, Retry-After.
-type Answer = (u16, Value, Option<&'static str>);
-
-/// What a stand-in saw, and how it answers (by device token).
-#[derive(Default)]
-struct Seen {
-    requests: Vec<Value>,
-    tokens_issued: usize,
-    /// Answers left per device token: (status, body, retry-after), taken in order;
-    /// none left: 200.
-    script: HashMap<String, Vec<Answer>>,
-}
-
-impl Seen {
-    /// The next scripted answer for `token`, as a response; `None`: answer 200.
-    fn scripted(&mut self, token: &str) -> Option<Response> {
-        let answers = self.script.get_mut(token)?;
-        if answers.is_empty() {
-            return None;
-        }
-        let (status, body, retry_after) = answers.remove(0);
-        let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
-        if let Some(ra) = retry_after {
-            response
-                .headers_mut()
-                .insert("retry-after", ra.parse().unwrap());
-        }
-        Some(response)
-    }
-}
-
-#[derive(Clone)]
-struct Stand {
-    seen: Arc<Mutex<Seen>>,
-    /// The key that signs what the stand-in checks (FCM: the account's RSA public
-    /// key, PKCS#1 DER; APNs: the EC public point).
-    public: Arc<Vec<u8>>,
-    aud: String,
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-fn refuse(reason: String) -> Response {
-    (StatusCode::IM_A_TEAPOT, reason).into_response()
-}
-
-/// `POST /token`: the OAuth JWT-bearer grant Google's token endpoint takes.
-async fn fcm_token(
-    State(s): State<Stand>,
-    version: Version,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if version != Version::HTTP_2 {
-        return refuse(format!("HTTP/2 expected, got {version:?}"));
-    }
-    if form.get("grant_type").map(String::as_str)
-        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
-    {
-        return refuse(format!("grant_type: {form:?}"));
-    }
-    let assertion = form.get("assertion").cloned().unwrap_or_default();
-    let header = jsonwebtoken::decode_header(&assertion).unwrap();
-    if header.alg != Algorithm::RS256 || header.kid.as_deref() != Some("key-1") {
-        return refuse(format!("header {header:?}"));
-    }
-    let mut v = Validation::new(Algorithm::RS256);
-    v.set_audience(&[&s.aud]);
-    let claims = match jsonwebtoken::decode::<Value>(
-        &assertion,
-        &DecodingKey::from_rsa_der(&s.public),
-        &v,
-    ) {
-        Ok(t) => t.claims,
-        Err(e) => return refuse(format!("assertion: {e}")),
-    };
-    let ok = claims["iss"] == "push@test-project.iam.gserviceaccount.com"
-        && claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging"
-        && claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 3600;
-    if !ok {
-        return refuse(format!("claims {claims}"));
-    }
-    let mut seen = s.seen.lock();
-    seen.tokens_issued += 1;
-    Json(
-        json!({"access_token": format!("ya29.test-{}", seen.tokens_issued),
-        "expires_in": 3599, "token_type": "Bearer"}),
-    )
-    .into_response()
-}
-
-fn fcm_error(status: u16, code: &str, message: &str) -> Value {
-    json!({"error": {"code": status, "message": message, "status": "X", "details": [
-        {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}]}})
-}
-
-/// `POST /v1/projects/{project}/messages:send`.
-async fn fcm_send(
-    State(s): State<Stand>,
-    Path(project): Path<String>,
-    version: Version,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    if version != Version::HTTP_2 || project != "test-project" {
-        return refuse(format!("{version:?} {project}"));
-    }
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !auth.starts_with("Bearer ya29.test-") {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": 401,
-            "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}})))
-        .into_response();
-    }
-    let message = &body["message"];
-    let token = message["token"].as_str().unwrap_or_default().to_string();
-    if token.is_empty() || !message["notification"]["title"].is_string() {
-        return refuse(format!("message shape: {body}"));
-    }
-    let mut seen = s.seen.lock();
-    seen.requests.push(body.clone());
-    match seen.scripted(&token) {
-        Some(error) => error,
-        None => {
-            Json(json!({"name": format!("projects/test-project/messages/{}", seen.requests.len())}))
-                .into_response()
-        }
-    }
-}
-
-/// An FCM stand-in, and a service-account file pointing at it.
-async fn fcm_stand_in(dir: &std::path::Path) -> (Stand, String, std::path::PathBuf) {
-    let key = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let der = key.as_der().unwrap();
-    let stand = Stand {
-        seen: Arc::default(),
-        public: Arc::new(key.public_key().as_ref().to_vec()),
-        aud: String::new(),
-    };
-    // The audience is the token URI, known once the server is bound.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let base = format!("http://{addr}");
-    let stand = Stand {
-        aud: format!("{base}/token"),
-        ..stand
-    };
-    let router = Router::new()
-        .route("/token", post(fcm_token))
-        .route("/v1/projects/{project}/messages:send", post(fcm_send))
-        .with_state(stand.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let account = json!({
-        "type": "service_account", "project_id": "test-project", "private_key_id": "key-1",
-        "private_key": pem("PRIVATE KEY", der.as_ref()),
-        "client_email": "push@test-project.iam.gserviceaccount.com",
-        "token_uri": format!("{base}/token"),
-    });
-    let path = dir.join("service-account.json");
-    std::fs::write(&path, account.to_string()).unwrap();
-    (stand, base, path)
-}
-
-/// `POST /3/device/{token}`: what APNs requires of a token-authenticated push.
-async fn apns_send(
-    State(s): State<Stand>,
-    Path(token): Path<String>,
-    version: Version,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    if version != Version::HTTP_2 {
-        return refuse(format!("HTTP/2 expected, got {version:?}"));
-    }
-    let h = |k: &str| {
-        headers
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
-    let jwt = h("authorization")
-        .strip_prefix("bearer ")
-        .unwrap_or_default();
-    let header = match jsonwebtoken::decode_header(jwt) {
-        Ok(h) => h,
-        Err(_) => {
-            return (
-                StatusCode::FORBIDDEN,
-                Json(json!({"reason": "MissingProviderToken"})),
-            )
-                .into_response();
-        }
-    };
-    let mut v = Validation::new(Algorithm::ES256);
-    v.required_spec_claims.clear();
-    v.validate_exp = false;
-    v.validate_aud = false;
-    let claims = jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_ec_der(&s.public), &v);
-    let valid = header.alg == Algorithm::ES256
-        && header.kid.as_deref() == Some("KEYID12345")
-        && claims.is_ok_and(|c| c.claims["iss"] == "TEAMID1234" && c.claims["iat"].is_u64());
-    if !valid {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({"reason": "InvalidProviderToken"})),
-        )
-            .into_response();
-    }
-    if h("apns-topic") != "com.example.app"
-        || h("apns-push-type") != "alert"
-        || !["5", "10"].contains(&h("apns-priority"))
-        || !body["aps"]["alert"]["title"].is_string()
-    {
-        return refuse(format!("headers {headers:?} body {body}"));
-    }
-    let mut seen = s.seen.lock();
-    seen.requests.push(json!({"token": token, "body": body,
-        "collapse": h("apns-collapse-id"), "expiration": h("apns-expiration")}));
-    match seen.scripted(&token) {
-        Some(error) => error,
-        None => {
-            let mut ok = StatusCode::OK.into_response();
-            ok.headers_mut().insert(
-                "apns-id",
-                format!("00000000-0000-0000-0000-{:012}", seen.requests.len())
-                    .parse()
-                    .unwrap(),
-            );
-            ok
-        }
-    }
-}
-
-async fn apns_stand_in(dir: &std::path::Path) -> (Stand, String, std::path::PathBuf) {
-    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
-    let p8 = key.to_pkcs8v1().unwrap();
-    let stand = Stand {
-        seen: Arc::default(),
-        public: Arc::new(key.public_key().as_ref().to_vec()),
-        aud: String::new(),
-    };
-    let router = Router::new()
-        .route("/3/device/{token}", post(apns_send))
-        .with_state(stand.clone());
-    let addr = serve(router).await;
-    let path = dir.join("AuthKey_KEYID12345.p8");
-    std::fs::write(&path, pem("PRIVATE KEY", p8.as_ref())).unwrap();
-    (stand, format!("http://{addr}"), path)
-}
 
 fn config() -> NotificationsConfig {
     let mut c = Config::defaults().notifications;
@@ -450,6 +172,10 @@ async fn apns_sends_with_one_provider_token_and_classifies_its_errors() {
             "big".into(),
             vec![(413, json!({"reason": "PayloadTooLarge"}), None)],
         );
+        seen.script.insert(
+            "stale".into(),
+            vec![(403, json!({"reason": "ExpiredProviderToken"}), None)],
+        );
     }
     let mut c = config();
     c.apns.key_file = key.display().to_string();
@@ -467,6 +193,7 @@ async fn apns_sends_with_one_provider_token_and_classifies_its_errors() {
             ("gone", Platform::Ios),
             ("busy", Platform::Ios),
             ("big", Platform::Ios),
+            ("stale", Platform::Ios),
             ("droid", Platform::Android),
         ]))
         .await;
@@ -494,6 +221,30 @@ async fn apns_sends_with_one_provider_token_and_classifies_its_errors() {
     assert!(
         matches!(&by_token["droid"].0, Delivery::Failed { reason } if reason.contains("no push provider"))
     );
+    // ExpiredProviderToken: a new provider token, the push sent with it, and the
+    // provider still up.
+    assert!(matches!(&by_token["stale"], (Delivery::Sent { .. }, 1)));
+    assert!(sender.status().iter().all(|(_, down)| down.is_none()));
+    let jwts = |token: &str| -> Vec<String> {
+        let seen = stand.seen.lock();
+        seen.requests
+            .iter()
+            .filter(|r| r["token"] == token)
+            .map(|r| r["jwt"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let stale = jwts("stale");
+    assert_eq!(stale.len(), 2, "refused, then sent with a new token");
+    assert_ne!(stale[0], stale[1]);
+    assert_eq!(
+        jwts("a0b1")[0],
+        stale[0],
+        "one provider token for all sends"
+    );
+    // The new provider token is kept for what follows.
+    sender.deliver(&push_to(&[("later", Platform::Ios)])).await;
+    assert_eq!(jwts("later"), vec![stale[1].clone()]);
+
     let seen = stand.seen.lock();
     let sent = seen.requests.iter().find(|r| r["token"] == "a0b1").unwrap();
     assert_eq!(sent["collapse"], "chat");
@@ -564,56 +315,23 @@ fn a_bad_service_account_or_key_is_a_start_up_error() {
         .unwrap()
         .to_string();
     assert!(err.contains("P-256"), "{err}");
+    let mut c = smtp_config(25);
+    c.email.tls = "starttls".into();
+    c.email.ca_file = dir.path().join("missing.pem").display().to_string();
+    let err = Sender::from_config(&c, Arc::new(Metrics::new()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("notifications.email.ca_file:") && err.contains("missing.pem"),
+        "{err}"
+    );
     assert!(
         Sender::from_config(&config(), Arc::new(Metrics::new()))
             .unwrap()
             .is_none(),
         "nothing configured"
     );
-}
-
-/// A real SMTP server (aiosmtpd) on `port`, saving each message in `out`.
-struct SmtpServer {
-    child: std::process::Child,
-}
-
-impl SmtpServer {
-    fn start(port: u16, out: &std::path::Path) -> SmtpServer {
-        use std::io::BufRead;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smtp_server.py");
-        let mut child = std::process::Command::new("python3")
-            .args([script, &port.to_string(), &out.display().to_string()])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
-        SmtpServer { child }
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mails(out: &std::path::Path) -> Vec<String> {
-    let mut files: Vec<_> = std::fs::read_dir(out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect()
 }
 
 fn email_to(to: &str, html: bool) -> Notification {
@@ -710,6 +428,78 @@ async fn email_waits_out_an_smtp_server_that_is_down_then_up() {
         "connection refused first: {report:?}"
     );
     assert_eq!(mails(out.path()).len(), 1, "sent once");
+}
+
+#[tokio::test]
+async fn email_goes_out_over_starttls_or_implicit_tls_to_a_relay_with_a_private_ca() {
+    for mode in ["starttls", "tls"] {
+        let out = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let _server = SmtpServer::start_tls(port, out.path(), mode);
+        let mut c = smtp_config(port);
+        c.email.tls = mode.into();
+        // The relay's certificate is checked: unknown CA, nothing sent.
+        let untrusted = Sender::from_config(&c, Arc::new(Metrics::new()))
+            .unwrap()
+            .unwrap();
+        let report = untrusted
+            .deliver(&email_to("alice@example.com", false))
+            .await;
+        assert!(
+            matches!(&report[0].delivery, Delivery::Failed { reason } if reason.contains("certificate")),
+            "{mode}: {report:?}"
+        );
+        assert!(mails(out.path()).is_empty());
+
+        c.email.ca_file = TLS_CA.into();
+        let sender = Sender::from_config(&c, Arc::new(Metrics::new()))
+            .unwrap()
+            .unwrap();
+        let report = sender.deliver(&email_to("alice@example.com", true)).await;
+        assert!(
+            matches!(&report[0], r if r.attempts == 1 && matches!(&r.delivery, Delivery::Sent { .. })),
+            "{mode}: {report:?}"
+        );
+        let mails = mails(out.path());
+        assert_eq!(mails.len(), 1, "{mode}");
+        assert!(
+            mails[0].starts_with("X-Test-TLS: yes") && mails[0].contains("To: alice@example.com"),
+            "{mode}: {}",
+            mails[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_sends_an_email_job_posted_as_an_event_in_the_original_shape() {
+    let out = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _server = SmtpServer::start(port, out.path());
+    let email = smtp_config(port).email;
+    let node = common::TestNode::start_with(move |c| c.notifications.email = email).await;
+    let (_, ready) = node.get("/ready").await;
+    assert!(ready.contains(r#""email":{"status":"up"}"#), "{ready}");
+    let mut sent = events(&node, "notification.sent").await;
+    let event = json!({"event_id": "ev-mail-1", "event_type": "notification.requested",
+        "timestamp": "2025-01-15T10:30:00Z", "source": "php-backend",
+        "payload": {"user_id": "u7", "notification_type": "email", "title": "Your video is ready",
+            "body": "It can be watched now.", "data": {"email": "carol@example.com"}}});
+    let (status, body) = node.api_post("/api/events", &event).await;
+    assert_eq!(status, 202, "{body}");
+    let e = next_event(&mut sent).await;
+    assert_eq!(e["payload"]["user_id"], "u7");
+    assert_eq!(e["payload"]["notification_type"], "email");
+    assert_eq!(e["payload"]["provider_ids"][0]["provider"], "email");
+    let mails = mails(out.path());
+    assert_eq!(mails.len(), 1);
+    for part in [
+        "To: carol@example.com",
+        "Subject: Your video is ready",
+        "It can be watched now.",
+    ] {
+        assert!(mails[0].contains(part), "{part} in:\n{}", mails[0]);
+    }
+    node.shutdown().await;
 }
 
 async fn events(

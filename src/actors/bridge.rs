@@ -437,9 +437,7 @@ async fn pull(bridge: Arc<Bridge>, subject: &'static str) {
         .jobs
         .get(subject)
         .and_then(|h| h.capacity())
-        .map_or(hub.config.bus.concurrency, |c| {
-            c.clamp(1, hub.config.bus.concurrency)
-        });
+        .map_or(hub.config.bus.concurrency, |c| c.max(1));
     let semaphore = Arc::new(Semaphore::new(slots));
     let wire = hub.outlet.wire_subject(subject);
     // Fetches run inside this task (not spawned), so dropping it drops them all.

@@ -28,6 +28,8 @@ mod bus;
 mod coordinator;
 #[path = "armoricore-bench/driver.rs"]
 mod driver;
+#[path = "armoricore-bench/notify.rs"]
+mod notify;
 #[path = "armoricore-bench/phx.rs"]
 mod phx;
 #[path = "armoricore-bench/proto.rs"]
@@ -70,6 +72,9 @@ enum Command {
     /// Events/s and latency through the NATS bridge (publish → handler → result),
     /// against a bare JetStream worker in the same run.
     Bus(bus::BusArgs),
+    /// Push notifications/s to a local FCM stand-in with a window of jobs in
+    /// flight, and each job's latency, against a bare FCM client in the same run.
+    Notify(notify::NotifyArgs),
     /// Internal: one worker process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -256,6 +261,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Bus(args) => bus::run(args).await,
+            Command::Notify(args) => notify::run(args).await,
             Command::Worker => worker::main().await,
         }
     })

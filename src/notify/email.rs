@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::Failure;
@@ -40,8 +40,27 @@ impl Mailer {
                     .map_err(|e| bad("reply_to", format!("{r:?}: {e}")))?,
             ),
         };
-        let tls_params =
-            || TlsParameters::new(c.smtp_host.clone()).map_err(|e| bad("smtp_host", e.to_string()));
+        // A private relay's CA, trusted besides the system's roots.
+        let ca = match c.ca_file.as_str() {
+            "" => None,
+            path => {
+                let pem =
+                    std::fs::read(path).map_err(|e| bad("ca_file", format!("{path}: {e}")))?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(bad("ca_file", format!("{path}: no PEM certificate in it")));
+                }
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|e| bad("ca_file", format!("{path}: {e}")))?;
+                Some(cert)
+            }
+        };
+        let tls_params = || {
+            let mut b = TlsParameters::builder(c.smtp_host.clone());
+            if let Some(cert) = &ca {
+                b = b.add_root_certificate(cert.clone());
+            }
+            b.build().map_err(|e| bad("smtp_host", e.to_string()))
+        };
         let tls = match c.tls.as_str() {
             "starttls" => Tls::Required(tls_params()?),
             "tls" => Tls::Wrapper(tls_params()?),

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod db;
 pub mod jobs;
 pub mod nats;
+pub mod push;
 pub mod redis;
 pub mod s3;
 
