@@ -17,17 +17,20 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const ENV_PREFIX: &str = "ARMORICORE_";
 
 /// The original Armoricore's variable names and the keys they set.
-const LEGACY_ENV: &[(&str, &str, &str)] = &[
-    ("PORT", "server", "port"),
-    ("JWT_SECRET", "auth", "jwt_secret"),
-    ("MESSAGE_BUS_URL", "bus", "url"),
-    ("DATABASE_URL", "database", "url"),
-    ("REDIS_URL", "cluster", "redis_url"),
-    ("OBJECT_STORAGE_ENDPOINT", "storage", "endpoint"),
-    ("OBJECT_STORAGE_ACCESS_KEY", "storage", "access_key"),
-    ("OBJECT_STORAGE_SECRET_KEY", "storage", "secret_key"),
-    ("OBJECT_STORAGE_BUCKET", "storage", "bucket"),
-    ("OBJECT_STORAGE_REGION", "storage", "region"),
+const LEGACY_ENV: &[(&str, &str)] = &[
+    ("PORT", "server.port"),
+    ("JWT_SECRET", "auth.jwt_secret"),
+    ("MESSAGE_BUS_URL", "bus.url"),
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "cluster.redis_url"),
+    ("OBJECT_STORAGE_ENDPOINT", "storage.endpoint"),
+    ("OBJECT_STORAGE_ACCESS_KEY", "storage.access_key"),
+    ("OBJECT_STORAGE_SECRET_KEY", "storage.secret_key"),
+    ("OBJECT_STORAGE_BUCKET", "storage.bucket"),
+    ("OBJECT_STORAGE_REGION", "storage.region"),
+    ("OPENAI_API_KEY", "ai.openai.api_key"),
+    ("OPENAI_ORGANIZATION", "ai.openai.organization"),
+    ("ANTHROPIC_API_KEY", "ai.anthropic.api_key"),
 ];
 
 /// Why configuration could not be loaded.
@@ -71,6 +74,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub database: DatabaseConfig,
     pub notifications: NotificationsConfig,
+    pub ai: AiConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -318,6 +322,87 @@ pub struct EmailConfig {
     pub rate_per_s: u32,
 }
 
+/// AI jobs (`[ai]`): transcription, translation, captions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiConfig {
+    /// AI jobs this node runs at once.
+    pub concurrency: usize,
+    /// Requests of one kind, retries included (429, 5xx, timeouts, bad replies).
+    pub max_attempts: u32,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub retry_after_max_s: u64,
+    /// One provider request at most this long.
+    pub timeout_s: u64,
+    /// Audio sent for transcription: `mp3`, `ogg` (Opus), `flac` or `wav`.
+    pub audio_format: String,
+    /// Audio chunks at most this long (they are also kept under `upload_max_mb`).
+    pub chunk_max_s: u64,
+    /// Chunk cuts look for a silence within this many seconds before the limit.
+    pub silence_search_s: u64,
+    pub silence_noise_db: i32,
+    pub silence_min_ms: u64,
+    /// A transcription also writes WebVTT and SRT captions.
+    pub captions: bool,
+    /// Languages every transcription's captions are translated into.
+    pub caption_languages: Vec<String>,
+    /// `openai` or `anthropic`: the translation provider when a request names none.
+    pub translation_provider: String,
+    /// Segments (and characters) per translation request at most.
+    pub translation_batch: usize,
+    pub translation_batch_chars: usize,
+    pub caption_max_line_chars: usize,
+    pub caption_max_lines: usize,
+    pub caption_max_cue_s: f64,
+    pub caption_min_cue_s: f64,
+    pub openai: OpenAiConfig,
+    pub anthropic: AnthropicConfig,
+}
+
+/// An OpenAI-compatible API (`[ai.openai]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Set it (or `base_url`, for a local server) to turn OpenAI jobs on.
+    pub api_key: String,
+    pub organization: String,
+    pub base_url: String,
+    pub transcription_model: String,
+    /// `verbose_json` (timed segments) or `json` (text only: coarse timings).
+    pub response_format: String,
+    /// The provider refuses uploads above this (OpenAI: 25 MB).
+    pub upload_max_mb: u64,
+    pub chat_model: String,
+}
+
+/// Anthropic's Messages API (`[ai.anthropic]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicConfig {
+    pub api_key: String,
+    pub base_url: String,
+    pub model: String,
+    /// The `anthropic-version` header.
+    pub version: String,
+    pub max_tokens: u32,
+}
+
+/// The default OpenAI host: with it, OpenAI is on only with an API key.
+pub const OPENAI_HOST: &str = "https://api.openai.com";
+
+impl AiConfig {
+    /// Whether the OpenAI-compatible API is configured: a key, or a base URL of
+    /// its own (local servers need no key).
+    pub fn openai_on(&self) -> bool {
+        !self.openai.api_key.is_empty() || self.openai.base_url.trim_end_matches('/') != OPENAI_HOST
+    }
+
+    pub fn anthropic_on(&self) -> bool {
+        !self.anthropic.api_key.is_empty()
+    }
+}
+
 /// Where messages and job records are kept (`[database]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -495,6 +580,43 @@ impl Config {
             return Err(invalid(
                 "bus.max_ack_pending",
                 "must be at least bus.concurrency (NATS stops delivering at the limit)",
+            ));
+        }
+        let ai = &self.ai;
+        for (key, value, allowed) in [
+            (
+                "ai.audio_format",
+                &ai.audio_format,
+                &["mp3", "ogg", "flac", "wav"][..],
+            ),
+            (
+                "ai.translation_provider",
+                &ai.translation_provider,
+                &["openai", "anthropic"][..],
+            ),
+            (
+                "ai.openai.response_format",
+                &ai.openai.response_format,
+                &["verbose_json", "json"][..],
+            ),
+        ] {
+            if !allowed.contains(&value.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!("{value:?} is not one of {}", allowed.join(", ")),
+                ));
+            }
+        }
+        if ai.concurrency == 0 || ai.max_attempts == 0 || ai.translation_batch == 0 {
+            return Err(invalid(
+                "ai",
+                "concurrency, max_attempts and translation_batch must be greater than 0",
+            ));
+        }
+        if !(ai.caption_min_cue_s > 0.0 && ai.caption_max_cue_s > ai.caption_min_cue_s) {
+            return Err(invalid(
+                "ai.caption_max_cue_s",
+                "must be greater than ai.caption_min_cue_s, itself greater than 0",
             ));
         }
         if (self.bus.max_ack_pending as u64) < self.notifications.concurrency as u64 {
@@ -755,10 +877,10 @@ fn apply_env(
                 ));
             }
             overrides.push((name, parts, raw));
-        } else if let Some((_, section, key)) = LEGACY_ENV.iter().find(|(n, _, _)| *n == name) {
+        } else if let Some((_, path)) = LEGACY_ENV.iter().find(|(n, _)| *n == name) {
             overrides.push((
                 name.clone(),
-                vec![section.to_string(), key.to_string()],
+                path.split('.').map(str::to_string).collect(),
                 raw,
             ));
         }

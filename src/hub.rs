@@ -51,6 +51,8 @@ pub struct Hub {
     pub media: Option<Arc<crate::actors::transcode::MediaService>>,
     /// Notification sending on this node (a provider configured).
     pub notify: Option<Arc<crate::actors::notification::NotifyService>>,
+    /// AI jobs on this node (an AI provider configured).
+    pub ai: Option<Arc<crate::actors::ai::AiService>>,
     /// The database (messages, job records), unless `database.url = "off"`.
     pub store: Option<Arc<crate::store::Store>>,
     /// This node's name in job records and the cluster.
@@ -75,6 +77,7 @@ pub struct Services {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub media: Option<Arc<crate::actors::transcode::MediaService>>,
     pub notify: Option<Arc<crate::actors::notification::NotifyService>>,
+    pub ai: Option<Arc<crate::actors::ai::AiService>>,
     pub store: Option<Arc<crate::store::Store>>,
     pub node_name: String,
 }
@@ -93,6 +96,7 @@ impl Hub {
             cluster,
             media,
             notify,
+            ai,
             store,
             node_name,
         } = services;
@@ -131,6 +135,7 @@ impl Hub {
             jobs,
             media,
             notify,
+            ai,
             handled: Handled::default(),
             media_owners: Default::default(),
             bus_work_ready: Default::default(),

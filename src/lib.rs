@@ -35,6 +35,7 @@
 //! - [`metrics`]: every Prometheus series, defined in one place.
 
 pub mod actors;
+pub mod ai;
 pub mod bus;
 pub mod channels;
 pub mod cluster;

@@ -97,6 +97,13 @@ pub struct Metrics {
     pub notify_in_flight: IntGaugeVec,
     /// Retries after a transient failure, by provider.
     pub notify_retries: IntCounterVec,
+    /// AI provider requests by provider, operation and result (`ok` or the
+    /// failure class).
+    pub ai_requests: IntCounterVec,
+    /// AI provider request time, by provider and operation.
+    pub ai_request_seconds: prometheus::HistogramVec,
+    /// Tokens AI providers reported, by provider and direction (`input`, `output`).
+    pub ai_tokens: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -325,6 +332,30 @@ impl Metrics {
                 "armoricore_notification_retries_total",
                 "Retries after a transient failure, by provider.",
                 &["provider"],
+            ),
+            ai_requests: counter_vec(
+                "armoricore_ai_requests_total",
+                "AI provider requests by provider, operation and result.",
+                &["provider", "op", "result"],
+            ),
+            ai_request_seconds: register(
+                &r,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "armoricore_ai_request_seconds",
+                        "AI provider request time, by provider and operation.",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(0.01, 2.0, 15).expect("valid buckets"),
+                    ),
+                    &["provider", "op"],
+                )
+                .expect("valid metric"),
+            ),
+            ai_tokens: counter_vec(
+                "armoricore_ai_tokens_total",
+                "Tokens AI providers reported, by provider and direction.",
+                &["provider", "direction"],
             ),
             registry: r,
         }

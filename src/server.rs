@@ -45,6 +45,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Notify(#[from] crate::notify::sender::SetupError),
+    #[error("ai: {0}")]
+    Ai(#[from] crate::ai::AiError),
     #[error("supervision tree failed to start: {0}")]
     Spawn(#[from] ractor::SpawnErr),
 }
@@ -202,6 +204,29 @@ fn with_notifications(
     Ok((jobs, Some(service)))
 }
 
+/// Add the AI jobs (transcription, translation) when an AI provider is
+/// configured, for the kinds the caller brought no handler of its own.
+fn with_ai(
+    config: &Config,
+    mut jobs: Jobs,
+    metrics: &Arc<Metrics>,
+) -> Result<(Jobs, Option<Arc<crate::actors::ai::AiService>>), StartError> {
+    use crate::actors::ai::{AiService, TranscriptionJobs, TranslationJobs};
+    use crate::bus::events::{TRANSCRIPTION_REQUESTED, TRANSLATION_REQUESTED};
+    let Some(service) = AiService::from_config(config, metrics.clone())? else {
+        return Ok((jobs, None));
+    };
+    tracing::info!(providers = %service.providers().join(", "), "AI jobs");
+    let service = Arc::new(service);
+    if jobs.get(TRANSCRIPTION_REQUESTED).is_none() {
+        jobs = jobs.with(TRANSCRIPTION_REQUESTED, TranscriptionJobs(service.clone()));
+    }
+    if jobs.get(TRANSLATION_REQUESTED).is_none() {
+        jobs = jobs.with(TRANSLATION_REQUESTED, TranslationJobs(service.clone()));
+    }
+    Ok((jobs, Some(service)))
+}
+
 /// The database `database.url` names (none when `off`), migrated.
 pub async fn open_store(
     config: &Config,
@@ -270,12 +295,14 @@ impl Node {
         };
         let (jobs, media) = with_media(&config, jobs, &metrics).await;
         let (jobs, notify) = with_notifications(&config, jobs, &metrics, &store)?;
+        let (jobs, ai) = with_ai(&config, jobs, &metrics)?;
         let services = Services {
             bus,
             jobs,
             cluster,
             media,
             notify,
+            ai,
             store,
             node_name,
         };

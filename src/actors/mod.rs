@@ -6,6 +6,7 @@
 //! - [`janitor::Janitor`]: periodic housekeeping (history sweeps).
 //! - [`bridge::BusBridge`]: the message bus's end: work in, results out, pushes.
 
+pub mod ai;
 pub mod bridge;
 pub mod gateway;
 pub mod janitor;

@@ -19,6 +19,7 @@ pub mod ffmpeg;
 pub mod hls;
 pub mod ladder;
 pub mod probe;
+pub mod source;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ use crate::config::{Config, MediaConfig};
 use ffmpeg::{Cancel, Tick};
 use ladder::{Args, Codec, Encoders, Hw, PlannedRung};
 use probe::Probe;
+use source::Fetcher;
 use storage::Storage;
 
 /// Why a transcode failed. The `reason` of `media.failed` is its text.
@@ -141,12 +143,25 @@ pub struct Transcoder {
     storage: Storage,
     encoders: Encoders,
     work_root: PathBuf,
-    download_max: u64,
-    http: reqwest::Client,
+    fetcher: Fetcher,
 }
 
 /// Removes a job's temporary files however the job ends (the actor killed included).
-struct WorkDir(PathBuf);
+pub struct WorkDir(pub PathBuf);
+
+/// `id` as a file name and key segment: ASCII letters, digits, `-` and `_` kept,
+/// anything else `_`.
+pub fn safe_id(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
@@ -199,16 +214,11 @@ impl Transcoder {
         };
         let storage = Storage::from_config(&config.storage, &config.server.data_dir)?;
         Ok(Transcoder {
-            download_max: media.download_max_mb << 20,
+            fetcher: Fetcher::new(&media)?,
             config: media,
             storage,
             encoders,
             work_root,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(Duration::from_secs(60))
-                .build()
-                .map_err(|e| MediaError::Tool(format!("http client: {e}")))?,
         })
     }
 
@@ -258,17 +268,7 @@ impl Transcoder {
         on_progress: &mut (dyn FnMut(Progress) + Send),
         mut cancel: Cancel,
     ) -> Result<Map<String, Value>, MediaError> {
-        let safe_id: String = req
-            .media_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe_id = safe_id(&req.media_id);
         if safe_id.is_empty() {
             return Err(MediaError::Input("media_id is empty".into()));
         }
@@ -280,7 +280,10 @@ impl Transcoder {
         let mut reporter = Reporter::new(self.config.progress_interval_ms, on_progress);
         reporter.stage("preparing", 0.0);
         let prepared = async {
-            let input = self.fetch_input(&req.file_path, &dir).await?;
+            let input = self
+                .fetcher
+                .fetch(&self.storage, &req.file_path, &dir)
+                .await?;
             let timeout = Duration::from_secs(self.config.probe_timeout_s);
             let probe = probe::probe(&self.config.ffprobe, &input, timeout).await?;
             Ok::<_, MediaError>((input, probe))
@@ -328,75 +331,6 @@ impl Transcoder {
         payload.insert("storage".into(), json!(self.storage.kind()));
         payload.insert("bytes".into(), json!(sizes.values().sum::<u64>()));
         Ok(payload)
-    }
-
-    /// A local file for `file_path`: the path itself, a download, or a storage object.
-    async fn fetch_input(&self, file_path: &str, dir: &Path) -> Result<PathBuf, MediaError> {
-        if file_path.is_empty() {
-            return Err(MediaError::Input("file_path is empty".into()));
-        }
-        let dest = dir.join("input");
-        if file_path.starts_with("http://") || file_path.starts_with("https://") {
-            self.download(file_path, &dest).await?;
-            return Ok(dest);
-        }
-        let local = Path::new(file_path);
-        if local.is_absolute() || local.exists() {
-            let real = std::fs::canonicalize(local)
-                .map_err(|e| MediaError::Input(format!("{file_path}: {e}")))?;
-            let allowed = self.config.input_dirs.is_empty()
-                || self
-                    .config
-                    .input_dirs
-                    .iter()
-                    .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(d)));
-            if !allowed {
-                return Err(MediaError::Input(format!(
-                    "{file_path} is outside media.input_dirs"
-                )));
-            }
-            return Ok(real);
-        }
-        // `s3://<bucket>/<key>` names a key of the configured bucket.
-        let key = match file_path.strip_prefix("s3://") {
-            Some(rest) => rest.split_once('/').map_or(rest, |(_, key)| key),
-            None => file_path,
-        };
-        self.storage.download(key, &dest, self.download_max).await?;
-        Ok(dest)
-    }
-
-    async fn download(&self, url: &str, dest: &Path) -> Result<(), MediaError> {
-        use futures_util::StreamExt;
-        use tokio::io::AsyncWriteExt;
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| MediaError::Io(format!("GET {url}: {e}")))?;
-        let status = resp.status();
-        // 408 and 429 say "later", not "never".
-        if status.is_client_error() && status != 408 && status != 429 {
-            return Err(MediaError::Input(format!("GET {url}: {status}")));
-        }
-        if !status.is_success() {
-            return Err(MediaError::Io(format!("GET {url}: {status}")));
-        }
-        let mut file = tokio::fs::File::create(dest).await.map_err(io(dest))?;
-        let mut body = resp.bytes_stream();
-        let mut total = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| MediaError::Io(format!("GET {url}: {e}")))?;
-            total += chunk.len() as u64;
-            if total > self.download_max {
-                return Err(MediaError::Input(format!(
-                    "{url} is larger than media.download_max_mb"
-                )));
-            }
-            file.write_all(&chunk).await.map_err(io(dest))?;
-        }
-        file.flush().await.map_err(io(dest))
     }
 
     fn video_codec(&self, req: &Request) -> Result<Codec, MediaError> {

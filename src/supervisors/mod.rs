@@ -13,3 +13,4 @@
 pub mod policy;
 pub mod root;
 pub mod sessions;
+pub mod tasks;

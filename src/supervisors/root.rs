@@ -33,16 +33,19 @@ pub enum Child {
     Media,
     /// The NotificationSupervisor (when a notification provider is configured).
     Notifications,
+    /// The AI jobs' TaskSupervisor (when an AI provider is configured).
+    Ai,
 }
 
 impl Child {
     /// Start order; they stop in reverse (the bridge hands running jobs back
     /// after the sessions are gone).
-    const ALL: [Child; 7] = [
+    const ALL: [Child; 8] = [
         Child::Janitor,
         Child::Presence,
         Child::Media,
         Child::Notifications,
+        Child::Ai,
         Child::Bridge,
         Child::Sessions,
         Child::Gateway,
@@ -122,6 +125,20 @@ impl RootSupervisor {
                 )
                 .await?;
                 service.set_supervisor(Some(actor.clone()));
+                actor.get_cell()
+            }
+            Child::Ai => {
+                let Some(service) = hub.ai.clone() else {
+                    return Ok(());
+                };
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    crate::supervisors::tasks::TaskSupervisor::new("ai"),
+                    hub.metrics.clone(),
+                    sup,
+                )
+                .await?;
+                service.tasks.set_supervisor(Some(actor.clone()));
                 actor.get_cell()
             }
             Child::Janitor => Actor::spawn_linked(None, Janitor, hub, sup)
@@ -232,6 +249,9 @@ impl Actor for RootSupervisor {
         }
         if let Some(notify) = &state.hub.notify {
             notify.set_supervisor(None);
+        }
+        if let Some(ai) = &state.hub.ai {
+            ai.tasks.set_supervisor(None);
         }
         state.hub.set_session_supervisor(None);
         myself.stop_children(None);
