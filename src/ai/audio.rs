@@ -142,7 +142,8 @@ pub async fn silences(
     Ok(parse_silences(&log))
 }
 
-/// `silence_start: 3.002` … `silence_end: 4.001 | silence_duration: 0.999` pairs.
+/// `silence_start: 3.002` … `silence_end: 4.001 | silence_duration: 0.999` pairs;
+/// a silence still running at the end of the audio ends at infinity.
 pub fn parse_silences(log: &str) -> Vec<(f64, f64)> {
     let number = |line: &str, key: &str| -> Option<f64> {
         let rest = &line[line.find(key)? + key.len()..];
@@ -158,6 +159,9 @@ pub fn parse_silences(log: &str) -> Vec<(f64, f64)> {
         {
             out.push((s, e));
         }
+    }
+    if let Some(s) = start {
+        out.push((s, f64::INFINITY));
     }
     out
 }
@@ -213,8 +217,12 @@ mod tests {
             size=N/A time=00:00:05.00 bitrate=N/A speed= 500x\n\
             [silencedetect @ 0x55d] silence_end: 4.01 | silence_duration: 1.02\n\
             [silencedetect @ 0x55d] silence_start: -0.0125\n\
-            [silencedetect @ 0x55d] silence_end: 9 | silence_duration: 2\n";
-        assert_eq!(parse_silences(log), vec![(2.99, 4.01), (0.0, 9.0)]);
+            [silencedetect @ 0x55d] silence_end: 9 | silence_duration: 2\n\
+            [silencedetect @ 0x55d] silence_start: 12.5\n";
+        assert_eq!(
+            parse_silences(log),
+            vec![(2.99, 4.01), (0.0, 9.0), (12.5, f64::INFINITY)]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! segment's `start`/`end` and puts the translated text in it. A reply cut at the
 //! token limit is asked again as two halves.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
@@ -86,6 +86,8 @@ pub async fn translate(
     let system = system_prompt(from, to);
     let mut out = Translated::default();
     let requests = AtomicU32::new(0);
+    // Every answered request counts, a refused reply too: it was paid for.
+    let (input, output) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut pending: Vec<std::ops::Range<usize>> = batches(texts, batch.max(1), batch_chars)
         .into_iter()
         .rev()
@@ -101,15 +103,13 @@ pub async fn translate(
                 requests.fetch_add(1, Ordering::Relaxed);
                 let (reply, usage) = chat.ask(&system, &user).await?;
                 meter.tokens(chat.provider(), usage);
-                Ok((check(&reply, &ids)?, usage))
+                input.fetch_add(usage.input, Ordering::Relaxed);
+                output.fetch_add(usage.output, Ordering::Relaxed);
+                check(&reply, &ids)
             })
             .await;
         match answer {
-            Ok((translated, usage)) => {
-                out.usage.input += usage.input;
-                out.usage.output += usage.output;
-                out.texts.extend(translated);
-            }
+            Ok(translated) => out.texts.extend(translated),
             // Too long for one reply: the two halves, first half first.
             Err(AiError::Truncated(_)) if range.len() > 1 => {
                 let mid = range.start + range.len() / 2;
@@ -120,6 +120,10 @@ pub async fn translate(
         }
     }
     out.requests = requests.into_inner();
+    out.usage = Usage {
+        input: input.into_inner(),
+        output: output.into_inner(),
+    };
     Ok(out)
 }
 

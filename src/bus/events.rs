@@ -281,25 +281,30 @@ payloads! {
     }
     /// Transcribe a media file (`file_path` as in [`MediaUploaded`]).
     TranscriptionRequested = TRANSCRIPTION_REQUESTED {
-        media_id: Id, file_path: String, ; language: String, user_id: Id,
+        media_id: Id, file_path: String,
+        ; language: String, user_id: Id, captions: bool, caption_languages: Vec<String>,
     }
     /// A transcript. The original sent `segments: null` when it had none: read as `[]`.
     TranscriptionComplete = TRANSCRIPTION_COMPLETE {
         media_id: Id, transcription: String, language: String,
         #[serde(deserialize_with = "null_as_empty")] segments: Vec<Segment>,
-        ; user_id: Id,
+        ; user_id: Id, duration: f64, timings: String, chunks: u32, model: String,
+        captions: Vec<Value>,
     }
     /// A transcription failed.
     TranscriptionFailed = TRANSCRIPTION_FAILED { reason: String, ; media_id: Id, user_id: Id, }
-    /// Translate a text (no `from_language`: detect it).
+    /// Translate a text, or timed segments one by one (no `from_language`: detect
+    /// it). One of `text` and `segments` is needed (the job says so when neither).
     TranslationRequested = TRANSLATION_REQUESTED {
-        text: String, to_language: String,
-        ; from_language: String, user_id: Id, media_id: Id, request_id: String,
+        to_language: String,
+        ; text: String, from_language: String, user_id: Id, media_id: Id, request_id: String,
+        segments: Vec<Segment>, provider: String,
     }
     /// A translation.
     TranslationComplete = TRANSLATION_COMPLETE {
         original_text: String, translated_text: String, from_language: String, to_language: String,
-        ; user_id: Id, media_id: Id, request_id: String,
+        ; user_id: Id, media_id: Id, request_id: String, segments: Vec<Segment>, provider: String,
+        model: String, usage: Value,
     }
     /// A translation failed.
     TranslationFailed = TRANSLATION_FAILED {
@@ -308,6 +313,7 @@ payloads! {
     /// Captions (SRT and WebVTT) are stored for a media.
     CaptioningComplete = CAPTIONING_COMPLETE {
         media_id: Id, ; user_id: Id, language: String, srt_url: String, vtt_url: String,
+        cues: u32, translated_from: String,
     }
     /// A chat message accepted on `chat:room:{room_id}` (for moderation, analytics).
     ChatMessage = CHAT_MESSAGE {

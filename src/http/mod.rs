@@ -163,6 +163,9 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
         }
         body["notifications"] = serde_json::Value::Object(providers);
     }
+    if let Some(ai) = &hub.ai {
+        body["ai"] = json!({"providers": ai.providers()});
+    }
     if let Some(store) = &hub.store {
         let up = tokio::time::timeout(std::time::Duration::from_secs(2), store.ping())
             .await

@@ -130,7 +130,7 @@ impl Store {
         .bind(job.bus)
         .bind(job.request)
         .bind(now)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -156,7 +156,7 @@ impl Store {
         .bind(job.bus)
         .bind(job.request)
         .bind(now)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -181,7 +181,7 @@ impl Store {
         .bind(error)
         .bind(now)
         .bind(finished)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -292,7 +292,7 @@ impl Store {
         let done =
             sqlx::query("DELETE FROM jobs WHERE status IN ('done', 'failed') AND finished_at < $1")
                 .bind(before_ms)
-                .execute(self.pool())
+                .execute(self.writer())
                 .await?;
         Ok(done.rows_affected())
     }

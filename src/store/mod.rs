@@ -98,6 +98,10 @@ pub struct TopicState {
 /// The node's database.
 pub struct Store {
     pool: AnyPool,
+    /// Where writes go: on SQLite a pool of one connection, so writers queue in
+    /// order instead of meeting SQLITE_BUSY and sleeping in its busy handler (which
+    /// backs off up to 100 ms a try); on PostgreSQL the same pool.
+    writer: AnyPool,
     backend: Backend,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -217,11 +221,27 @@ impl Store {
                 })
             });
         }
+        let writer = if backend == Backend::Sqlite {
+            Some(
+                options
+                    .clone()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .map_err(|source| StoreError::Connect {
+                        url: shown.clone(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
         let pool = options
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { url: shown, source })?;
         Ok(Store {
+            writer: writer.unwrap_or_else(|| pool.clone()),
             pool,
             backend,
             metrics,
@@ -245,7 +265,13 @@ impl Store {
         &self.pool
     }
 
+    /// The pool writes go through.
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
+    }
+
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -261,10 +287,10 @@ impl Store {
     pub async fn insert_messages(&self, batch: &[StoredMessage]) -> Result<(), StoreError> {
         const ROWS: usize = 1024;
         if batch.len() <= ROWS {
-            self.insert_rows(batch, &self.pool).await?;
+            self.insert_rows(batch, &self.writer).await?;
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for chunk in batch.chunks(ROWS) {
             self.insert_rows(chunk, &mut *tx).await?;
         }
@@ -341,11 +367,11 @@ impl Store {
             .bind(topic)
             .bind(new_epoch)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             row = sqlx::query(STATE)
                 .bind(topic)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.writer)
                 .await?;
         }
         let row = row.ok_or_else(|| StoreError::Corrupt(format!("topic {topic} not created")))?;
@@ -389,7 +415,7 @@ impl Store {
 
     /// Delete the message `msg_id`; its topic and offset if it existed.
     pub async fn delete_message(&self, msg_id: &str) -> Result<Option<(String, u64)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let row = sqlx::query("DELETE FROM messages WHERE msg_id = $1 RETURNING topic, seq")
             .bind(msg_id)
             .fetch_optional(&mut *tx)
@@ -417,7 +443,7 @@ impl Store {
              AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.topic = topics.topic)",
         )
         .bind(before_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -466,7 +492,7 @@ impl Store {
         rule: &RetentionRule,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // Remember the head first: offsets must not restart once the newest go.
         sqlx::query(
             "UPDATE topics SET head = (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE topic = $1) \
