@@ -321,6 +321,11 @@ fn tones(path: &Path, count: usize, tone_s: f64, gap_s: f64, video: bool) {
         filter.push_str(&format!("[{}:a]", 2 * i + 1));
     }
     filter.push_str(&format!("concat=n={}:v=0:a=1[a]", 2 * count));
+    if video {
+        let total = count as f64 * (tone_s + gap_s);
+        args.extend(["-f", "lavfi", "-i"].map(String::from));
+        args.push(format!("testsrc2=s=320x240:r=10:d={total}"));
+    }
     args.extend([
         "-filter_complex".into(),
         filter,
@@ -328,20 +333,8 @@ fn tones(path: &Path, count: usize, tone_s: f64, gap_s: f64, video: bool) {
         "[a]".into(),
     ]);
     if video {
-        let total = count as f64 * (tone_s + gap_s);
-        args.extend(["-f", "lavfi", "-i"].map(String::from));
-        args.push(format!("testsrc2=s=320x240:r=10:d={total}"));
-        args.extend(
-            [
-                "-map",
-                &format!("{}:v", 2 * count),
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-            ]
-            .map(String::from),
-        );
+        let map = format!("{}:v", 2 * count);
+        args.extend(["-map", &map, "-c:v", "libx264", "-preset", "ultrafast"].map(String::from));
     }
     args.extend(["-c:a", "aac"].map(String::from));
     args.push(path.display().to_string());
