@@ -358,6 +358,23 @@ pub struct AiConfig {
     pub caption_min_cue_s: f64,
     pub openai: OpenAiConfig,
     pub anthropic: AnthropicConfig,
+    pub moderation: ModerationConfig,
+}
+
+/// Chat moderation (`[ai.moderation]`) through `ai.openai`'s `/v1/moderations`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationConfig {
+    /// `off`, `before` (checked before the broadcast) or `after` (checked after).
+    pub mode: String,
+    /// Flagged messages are kept from the topic: refused (`before`) or deleted (`after`).
+    pub withhold: bool,
+    /// `before`: publish when the check itself fails (else refuse the message).
+    pub fail_open: bool,
+    pub model: String,
+    pub timeout_ms: u64,
+    /// Topic prefixes whose messages are checked.
+    pub topics: Vec<String>,
 }
 
 /// An OpenAI-compatible API (`[ai.openai]`).
@@ -599,6 +616,11 @@ impl Config {
                 &ai.openai.response_format,
                 &["verbose_json", "json"][..],
             ),
+            (
+                "ai.moderation.mode",
+                &ai.moderation.mode,
+                &["off", "before", "after"][..],
+            ),
         ] {
             if !allowed.contains(&value.as_str()) {
                 return Err(invalid(
@@ -606,6 +628,12 @@ impl Config {
                     format!("{value:?} is not one of {}", allowed.join(", ")),
                 ));
             }
+        }
+        if ai.moderation.mode != "off" && !ai.openai_on() {
+            return Err(invalid(
+                "ai.moderation.mode",
+                "needs ai.openai (an API key, or the base_url of a compatible server)",
+            ));
         }
         if ai.concurrency == 0 || ai.max_attempts == 0 || ai.translation_batch == 0 {
             return Err(invalid(

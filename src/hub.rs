@@ -53,6 +53,8 @@ pub struct Hub {
     pub notify: Option<Arc<crate::actors::notification::NotifyService>>,
     /// AI jobs on this node (an AI provider configured).
     pub ai: Option<Arc<crate::actors::ai::AiService>>,
+    /// Chat moderation (`ai.moderation.mode` not `off`).
+    pub moderation: Option<Arc<crate::ai::moderation::Moderator>>,
     /// The database (messages, job records), unless `database.url = "off"`.
     pub store: Option<Arc<crate::store::Store>>,
     /// This node's name in job records and the cluster.
@@ -78,6 +80,7 @@ pub struct Services {
     pub media: Option<Arc<crate::actors::transcode::MediaService>>,
     pub notify: Option<Arc<crate::actors::notification::NotifyService>>,
     pub ai: Option<Arc<crate::actors::ai::AiService>>,
+    pub moderation: Option<Arc<crate::ai::moderation::Moderator>>,
     pub store: Option<Arc<crate::store::Store>>,
     pub node_name: String,
 }
@@ -97,6 +100,7 @@ impl Hub {
             media,
             notify,
             ai,
+            moderation,
             store,
             node_name,
         } = services;
@@ -136,6 +140,7 @@ impl Hub {
             media,
             notify,
             ai,
+            moderation,
             handled: Handled::default(),
             media_owners: Default::default(),
             bus_work_ready: Default::default(),

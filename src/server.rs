@@ -296,6 +296,14 @@ impl Node {
         let (jobs, media) = with_media(&config, jobs, &metrics).await;
         let (jobs, notify) = with_notifications(&config, jobs, &metrics, &store)?;
         let (jobs, ai) = with_ai(&config, jobs, &metrics)?;
+        let moderation = crate::ai::moderation::Moderator::from_config(
+            &config.ai.moderation,
+            &config.ai.openai,
+            crate::ai::Meter {
+                metrics: metrics.clone(),
+            },
+        )?
+        .map(Arc::new);
         let services = Services {
             bus,
             jobs,
@@ -303,6 +311,7 @@ impl Node {
             media,
             notify,
             ai,
+            moderation,
             store,
             node_name,
         };

@@ -16,7 +16,7 @@
 //!                            database) → not sent again; its first result is published again
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ pub struct NotifyService {
     supervisor: Mutex<Option<ActorRef<NotifyMsg>>>,
     limit: usize,
     /// Notifications sent recently: notification_id → (when, result payload).
-    sent: Mutex<HashMap<String, Sent>>,
+    sent: Mutex<Recent>,
     window: Duration,
     store: Option<Arc<crate::store::Store>>,
     metrics: Arc<Metrics>,
@@ -86,8 +86,8 @@ impl NotifyService {
     async fn earlier(&self, notification_id: &str, event_id: &str) -> Option<Map<String, Value>> {
         {
             let mut sent = self.sent.lock();
-            sent.retain(|_, (at, _)| at.elapsed() < self.window);
-            if let Some((_, payload)) = sent.get(notification_id) {
+            sent.expire(self.window);
+            if let Some((_, payload)) = sent.by_id.get(notification_id) {
                 return Some(payload.clone());
             }
         }
@@ -97,6 +97,34 @@ impl NotifyService {
             .await
             .ok()??;
         job.result.and_then(|r| r.as_object().cloned())
+    }
+}
+
+/// Notifications sent within the dedupe window, expired oldest first (a full
+/// sweep on every job would cost the whole window's size each time).
+#[derive(Default)]
+struct Recent {
+    by_id: HashMap<String, Sent>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Recent {
+    fn insert(&mut self, id: String, payload: Map<String, Value>) {
+        let now = Instant::now();
+        self.order.push_back((now, id.clone()));
+        self.by_id.insert(id, (now, payload));
+    }
+
+    fn expire(&mut self, window: Duration) {
+        while let Some((at, _)) = self.order.front()
+            && at.elapsed() >= window
+        {
+            let (at, id) = self.order.pop_front().expect("a front");
+            // A later send of the same id keeps its own, newer entry.
+            if self.by_id.get(&id).is_some_and(|(t, _)| *t == at) {
+                self.by_id.remove(&id);
+            }
+        }
     }
 }
 
@@ -138,7 +166,7 @@ impl JobHandler for NotifyJobs {
             self.0
                 .sent
                 .lock()
-                .insert(n.notification_id.clone(), (Instant::now(), payload.clone()));
+                .insert(n.notification_id.clone(), payload.clone());
         }
         outcome
     }

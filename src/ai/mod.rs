@@ -21,6 +21,7 @@
 pub mod anthropic;
 pub mod audio;
 pub mod captions;
+pub mod moderation;
 pub mod openai;
 pub mod translate;
 

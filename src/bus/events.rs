@@ -37,6 +37,7 @@ pub const TRANSLATION_FAILED: &str = "translation.failed";
 pub const CAPTIONING_COMPLETE: &str = "captioning.complete";
 pub const CHAT_MESSAGE: &str = "chat.message";
 pub const PRESENCE_UPDATE: &str = "presence.update";
+pub const MODERATION_FLAGGED: &str = "moderation.flagged";
 
 /// Work subjects: queued (JetStream), acknowledged when the job ends, redelivered until then.
 pub const WORK_SUBJECTS: [&str; 4] = [
@@ -319,6 +320,12 @@ payloads! {
     ChatMessage = CHAT_MESSAGE {
         message_id: Id, room_id: Id, user_id: Id, content: String, timestamp: String,
         ; topic: String, offset: u64,
+    }
+    /// Moderation flagged a chat message (`withheld`: refused, or deleted after
+    /// its broadcast).
+    ModerationFlagged = MODERATION_FLAGGED {
+        topic: String, user_id: Id, content: String, withheld: bool, mode: String,
+        ; message_id: String, offset: u64, categories: Vec<String>, score: f64,
     }
     /// A user's presence in a room changed.
     PresenceUpdate = PRESENCE_UPDATE {

@@ -56,7 +56,7 @@ pub struct ChannelCtx<'a> {
     pub session: SessionId,
     pub vsn: Vsn,
     pub outbox: &'a Outbox,
-    pub hub: &'a Hub,
+    pub hub: &'a Arc<Hub>,
 }
 
 impl ChannelCtx<'_> {

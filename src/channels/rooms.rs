@@ -7,12 +7,14 @@
 //! | `presence:room:{id}`   | `update_status {status}`                 | presence |
 //! | `user:{id}`            | —                                        | server pushes only |
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::{Channel, ChannelCtx, ChannelError, Reply};
+use crate::ai::moderation::{Mode, Moderator, Verdict};
 use crate::history::Published;
 
 /// Statuses a presence may announce.
@@ -64,6 +66,27 @@ async fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usi
         Some(Value::String(k)) if !k.is_empty() && k.len() <= 128 => Some(k.as_str()),
         Some(_) => return Reply::error("idempotency_key must be a string of 1 to 128 bytes"),
     };
+    let moderator = ctx.hub.moderation.as_ref().filter(|m| m.covers(ctx.topic));
+    if let Some(m) = moderator
+        && m.mode == Mode::Before
+    {
+        match m.check(content).await {
+            Ok(v) if v.flagged => {
+                report_flagged(ctx, None, content, &v, m.withhold);
+                if m.withhold {
+                    return Reply::Error(json!({
+                        "reason": "message flagged by moderation",
+                        "categories": v.categories,
+                    }));
+                }
+            }
+            Ok(_) => {}
+            Err(e) if m.fail_open => {
+                tracing::warn!(topic = ctx.topic, error = %e, "moderation check failed: message published unchecked");
+            }
+            Err(e) => return Reply::error(format!("moderation unavailable: {e}")),
+        }
+    }
     let id = uuid::Uuid::now_v7().to_string();
     let timestamp = now_rfc3339();
     let published = match ctx
@@ -91,6 +114,12 @@ async fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usi
         Err(e) => return Reply::error(e.to_string()),
     };
     if let Published::New { offset, .. } = &published
+        && let Some(m) = moderator
+        && m.mode == Mode::After
+    {
+        check_after(ctx, m.clone(), id.clone(), *offset, content.to_string());
+    }
+    if let Published::New { offset, .. } = &published
         && let Some(room) = ctx.topic.strip_prefix("chat:room:")
         && ctx.hub.config.bus.publish_chat
     {
@@ -105,6 +134,89 @@ async fn post(ctx: &ChannelCtx<'_>, event: &str, payload: &Value, max_chars: usi
         }
     }
     Reply::Ok(published.reply())
+}
+
+/// Check a published message in the background; a flagged one is reported and
+/// (withhold) deleted, which tells the topic `msg_deleted {id, offset}`.
+fn check_after(ctx: &ChannelCtx<'_>, m: Arc<Moderator>, id: String, offset: u64, content: String) {
+    let hub = ctx.hub.clone();
+    let (topic, user_id) = (ctx.topic.to_string(), ctx.user.user_id.clone());
+    tokio::spawn(async move {
+        let v = match m.check(&content).await {
+            Ok(v) if v.flagged => v,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "moderation check failed: message left as it is");
+                return;
+            }
+        };
+        let mut withheld = false;
+        if m.withhold {
+            match hub.history.delete(&id).await {
+                Ok(found) => withheld = found.is_some(),
+                Err(e) => {
+                    tracing::warn!(topic, id, error = %e, "a flagged message could not be deleted")
+                }
+            }
+        }
+        let payload = flagged_payload(
+            &topic,
+            &user_id,
+            Some((&id, offset)),
+            &content,
+            &v,
+            withheld,
+            "after",
+        );
+        hub.outlet
+            .emit(crate::bus::events::MODERATION_FLAGGED, payload);
+    });
+}
+
+/// `moderation.flagged` for a message refused before it was published.
+fn report_flagged(
+    ctx: &ChannelCtx<'_>,
+    at: Option<(&str, u64)>,
+    content: &str,
+    v: &Verdict,
+    withheld: bool,
+) {
+    let payload = flagged_payload(
+        ctx.topic,
+        &ctx.user.user_id,
+        at,
+        content,
+        v,
+        withheld,
+        "before",
+    );
+    ctx.hub
+        .outlet
+        .emit(crate::bus::events::MODERATION_FLAGGED, payload);
+}
+
+fn flagged_payload(
+    topic: &str,
+    user_id: &str,
+    at: Option<(&str, u64)>,
+    content: &str,
+    v: &Verdict,
+    withheld: bool,
+    mode: &str,
+) -> Map<String, Value> {
+    let mut p = Map::new();
+    p.insert("topic".into(), json!(topic));
+    p.insert("user_id".into(), json!(user_id));
+    if let Some((id, offset)) = at {
+        p.insert("message_id".into(), json!(id));
+        p.insert("offset".into(), json!(offset));
+    }
+    p.insert("content".into(), json!(content));
+    p.insert("categories".into(), json!(v.categories));
+    p.insert("score".into(), json!(v.score));
+    p.insert("withheld".into(), json!(withheld));
+    p.insert("mode".into(), json!(mode));
+    p
 }
 
 /// `history {before?, limit?}` → `{messages: [...], more}`: a page of older
