@@ -8,6 +8,7 @@
 //!   - [`supervisors::root`]: RootSupervisor over the gateway, sessions and presence.
 //!   - [`supervisors::sessions`]: parent of every connection's Session.
 //!   - [`supervisors::policy`]: permanent / transient / temporary, restart intensity.
+//!   - [`supervisors::tasks`]: one actor per task (AI jobs), crashes counted.
 //! - [`actors`]: one unit of work each.
 //!   - [`actors::session`]: one per connection; runs its channels, contains their crashes.
 //!   - [`actors::presence`]: Phoenix.Presence state and diffs.
@@ -29,6 +30,9 @@
 //! - [`jobs`]: the `JobHandler` a work subject is handed to, and how a job ends.
 //! - [`notify`]: push (FCM HTTP v1, APNs) and email (SMTP) providers, with errors
 //!   classified from the providers' own answers.
+//! - [`ai`]: transcription (OpenAI-compatible), translation (OpenAI, Anthropic),
+//!   SRT/WebVTT captions, chat moderation; the jobs are in [`actors::ai`].
+//! - [`media`]: transcoding with ffmpeg, storage, fetching a job's input.
 //! - [`cluster`]: Redis pub/sub between nodes (broadcasts, heartbeats) with `REDIS_URL`.
 //! - [`limits`]: token buckets for joins and client events, per connection and per user.
 //! - [`config`]: the typed configuration (`config/default.toml` + file + env).

@@ -31,6 +31,7 @@ struct Seen {
     transcriptions: Vec<Value>,
     chats: Vec<Value>,
     messages: Vec<Value>,
+    moderations: Vec<Value>,
     /// Answers taken in order before the normal ones, by endpoint.
     script: std::collections::HashMap<&'static str, VecDeque<Answer>>,
 }
@@ -292,8 +293,37 @@ async fn messages(State(s): State<Stand>, headers: HeaderMap, Json(body): Json<V
     .into_response()
 }
 
+/// `POST /v1/moderations`: flags any input with "badword" in it.
+async fn moderations(
+    State(s): State<Stand>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if header(&headers, "authorization") != "Bearer sk-test" {
+        return refuse("authorization".into());
+    }
+    let Some(input) = body["input"].as_str() else {
+        return refuse(format!("body {body}"));
+    };
+    if body["model"] != "omni-moderation-latest" {
+        return refuse(format!("body {body}"));
+    }
+    s.seen.lock().moderations.push(body.clone());
+    if let Some(r) = s.scripted("moderations") {
+        return r;
+    }
+    let bad = input.contains("badword");
+    Json(json!({"id": "modr-1", "model": "omni-moderation-latest", "results": [{
+        "flagged": bad,
+        "categories": {"harassment": bad, "hate": false, "violence": false},
+        "category_scores": {"harassment": if bad { 0.93 } else { 0.01 }, "hate": 0.001, "violence": 0.002},
+        "category_applied_input_types": {"harassment": ["text"], "hate": ["text"], "violence": ["text"]}}]}))
+    .into_response()
+}
+
 async fn stand_in(stand: Stand) -> SocketAddr {
     let router = Router::new()
+        .route("/v1/moderations", post(moderations))
         .route("/v1/audio/transcriptions", post(transcriptions))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
@@ -713,4 +743,156 @@ async fn bad_input_and_refused_credentials_fail_the_job_with_the_reason() {
         "anthropic is not configured on this node"
     );
     node.shutdown().await;
+}
+
+#[tokio::test]
+async fn flagged_chat_messages_are_refused_before_or_deleted_after_their_broadcast() {
+    let stand = Stand::default();
+    let addr = stand_in(stand.clone()).await;
+    let base = format!("http://{addr}");
+
+    // Before the broadcast: a flagged message is refused and never seen.
+    let node = common::TestNode::start_with({
+        let base = base.clone();
+        move |c| {
+            with_providers(base)(c);
+            c.ai.moderation.mode = "before".into();
+        }
+    })
+    .await;
+    let mut flagged = events(&node, "moderation.flagged").await;
+    let mut alice = node.connect("alice").await;
+    let mut bob = node.connect("bob").await;
+    let join = alice.join_ok("chat:room:1").await;
+    bob.join_ok("chat:room:1").await;
+    let r = alice
+        .push(
+            Some(&join),
+            "chat:room:1",
+            "new_message",
+            json!({"content": "hello all"}),
+        )
+        .await;
+    assert_eq!(alice.assert_reply(&r).await["status"], "ok");
+    bob.assert_push("chat:room:1", "new_message").await;
+    let r = alice
+        .push(
+            Some(&join),
+            "chat:room:1",
+            "new_message",
+            json!({"content": "you badword"}),
+        )
+        .await;
+    let reply = alice.assert_reply(&r).await;
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(reply["response"]["reason"], "message flagged by moderation");
+    assert_eq!(reply["response"]["categories"], json!(["harassment"]));
+    bob.refute_push("chat:room:1", "new_message", Duration::from_millis(300))
+        .await;
+    let e = next_event(&mut flagged).await;
+    let p = &e["payload"];
+    assert_eq!(
+        (p["topic"].as_str(), p["user_id"].as_str()),
+        (Some("chat:room:1"), Some("alice"))
+    );
+    assert_eq!(p["withheld"], true);
+    assert_eq!(p["mode"], "before");
+    assert!(p.get("message_id").is_none(), "never published: {p}");
+    // One check per message.
+    assert_eq!(stand.seen.lock().moderations.len(), 2);
+    node.shutdown().await;
+
+    // After the broadcast: published at once, then deleted once flagged.
+    let node = common::TestNode::start_with(move |c| {
+        with_providers(base)(c);
+        c.ai.moderation.mode = "after".into();
+    })
+    .await;
+    let mut flagged = events(&node, "moderation.flagged").await;
+    let mut alice = node.connect("alice").await;
+    let mut bob = node.connect("bob").await;
+    let join = alice.join_ok("chat:room:2").await;
+    bob.join_ok("chat:room:2").await;
+    let r = alice
+        .push(
+            Some(&join),
+            "chat:room:2",
+            "new_message",
+            json!({"content": "so badword"}),
+        )
+        .await;
+    let reply = alice.assert_reply(&r).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let id = reply["response"]["id"].clone();
+    let seen = bob.assert_push("chat:room:2", "new_message").await;
+    assert_eq!(seen[4]["id"], id);
+    let deleted = bob.assert_push("chat:room:2", "msg_deleted").await;
+    assert_eq!(deleted[4]["id"], id);
+    let e = next_event(&mut flagged).await;
+    assert_eq!(e["payload"]["message_id"], id);
+    assert_eq!(e["payload"]["withheld"], true);
+    assert_eq!(e["payload"]["mode"], "after");
+    // Gone from the history too.
+    let auth = format!("apikey {}", common::API_KEY);
+    let (status, body) = common::http(
+        node.addr,
+        "GET",
+        "/api/history/chat:room:2?limit=10",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["messages"], json!([]), "{body}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_moderation_outage_publishes_unchecked_or_refuses_as_configured() {
+    let stand = Stand::default();
+    stand.seen.lock().script.insert(
+        "moderations",
+        VecDeque::from(vec![
+            (
+                500,
+                json!({"error": {"message": "The server had an error", "type": "server_error",
+                "param": null, "code": null}}),
+                None
+            );
+            2
+        ]),
+    );
+    let addr = stand_in(stand.clone()).await;
+    for fail_open in [true, false] {
+        let base = format!("http://{addr}");
+        let node = common::TestNode::start_with(move |c| {
+            with_providers(base)(c);
+            c.ai.moderation.mode = "before".into();
+            c.ai.moderation.fail_open = fail_open;
+        })
+        .await;
+        let mut alice = node.connect("alice").await;
+        let join = alice.join_ok("chat:room:3").await;
+        let r = alice
+            .push(
+                Some(&join),
+                "chat:room:3",
+                "new_message",
+                json!({"content": "hi"}),
+            )
+            .await;
+        let reply = alice.assert_reply(&r).await;
+        if fail_open {
+            assert_eq!(reply["status"], "ok", "{reply}");
+        } else {
+            assert_eq!(reply["status"], "error", "{reply}");
+            let reason = reply["response"]["reason"].as_str().unwrap();
+            assert!(
+                reason.starts_with("moderation unavailable: openai: 500"),
+                "{reason}"
+            );
+        }
+        node.shutdown().await;
+    }
 }
