@@ -195,7 +195,6 @@ fn with_notifications(
         config.notifications.concurrency,
         Duration::from_secs(config.bus.dedupe_window_s),
         store.clone(),
-        metrics.clone(),
     ));
     let jobs = jobs.with(
         crate::bus::events::NOTIFICATION_REQUESTED,

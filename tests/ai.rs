@@ -5,6 +5,9 @@
 
 mod common;
 
+/// How long an AI job may take here (ffmpeg and a Retry-After included).
+const WAIT: Duration = Duration::from_secs(60);
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,8 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
+use common::next_event;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -388,24 +390,6 @@ fn with_providers(base: String) -> impl FnOnce(&mut Config) {
     }
 }
 
-async fn events(node: &common::TestNode, subject: &str) -> BoxStream<'static, Value> {
-    node.node()
-        .hub()
-        .bus
-        .subscribe(subject)
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(&m.body).unwrap())
-        .boxed()
-}
-
-async fn next_event(stream: &mut BoxStream<'static, Value>) -> Value {
-    tokio::time::timeout(Duration::from_secs(60), stream.next())
-        .await
-        .expect("an event in time")
-        .unwrap()
-}
-
 fn event(subject: &str, payload: Value) -> Value {
     json!({"event_id": uuid(), "event_type": subject, "timestamp": "2026-11-27T12:00:00Z",
         "source": "backend", "payload": payload})
@@ -462,8 +446,8 @@ async fn a_video_is_transcribed_in_chunks_cut_in_silences_then_captioned_and_tra
         ready.contains(r#""ai":{"providers":["openai","anthropic"]}"#),
         "{ready}"
     );
-    let mut done = events(&node, "transcription.complete").await;
-    let mut captioned = events(&node, "captioning.complete").await;
+    let mut done = node.events("transcription.complete").await;
+    let mut captioned = node.events("captioning.complete").await;
     let request = event(
         "transcription.requested",
         json!({"media_id": "m1", "user_id": "u1", "file_path": input.display().to_string()}),
@@ -471,7 +455,7 @@ async fn a_video_is_transcribed_in_chunks_cut_in_silences_then_captioned_and_tra
     let (status, body) = node.api_post("/api/events", &request).await;
     assert_eq!(status, 202, "{body}");
 
-    let e = next_event(&mut done).await;
+    let e = next_event(&mut done, WAIT).await;
     let p = &e["payload"];
     assert_eq!(p["media_id"], "m1");
     assert_eq!(p["language"], "en", "whisper's \"english\" as a code");
@@ -527,8 +511,8 @@ async fn a_video_is_transcribed_in_chunks_cut_in_silences_then_captioned_and_tra
     );
 
     // Captions: the transcript's language, then French with the same timing.
-    let en = next_event(&mut captioned).await;
-    let fr = next_event(&mut captioned).await;
+    let en = next_event(&mut captioned, WAIT).await;
+    let fr = next_event(&mut captioned, WAIT).await;
     assert_eq!(en["payload"]["language"], "en");
     assert_eq!(fr["payload"]["language"], "fr");
     assert_eq!(fr["payload"]["translated_from"], "en");
@@ -578,7 +562,7 @@ async fn segments_are_translated_through_anthropic_keeping_their_timing() {
     }
     let addr = stand_in(stand.clone()).await;
     let node = common::TestNode::start_with(with_providers(format!("http://{addr}"))).await;
-    let mut done = events(&node, "translation.complete").await;
+    let mut done = node.events("translation.complete").await;
     let segments = json!([
         {"start": 0.0, "end": 1.5, "text": "Good morning."},
         {"start": 1.5, "end": 3.25, "text": "How are you"},
@@ -589,7 +573,7 @@ async fn segments_are_translated_through_anthropic_keeping_their_timing() {
             "provider": "anthropic", "segments": segments}),
     );
     node.api_post("/api/events", &request).await;
-    let e = next_event(&mut done).await;
+    let e = next_event(&mut done, WAIT).await;
     let p = &e["payload"];
     assert_eq!(p["request_id"], "r1");
     assert_eq!(p["provider"], "anthropic");
@@ -619,7 +603,7 @@ async fn segments_are_translated_through_anthropic_keeping_their_timing() {
         json!({"text": "Bonjour", "to_language": "en", "user_id": "u1"}),
     );
     node.api_post("/api/events", &request).await;
-    let e = next_event(&mut done).await;
+    let e = next_event(&mut done, WAIT).await;
     assert_eq!(e["payload"]["translated_text"], "[en] Bonjour");
     assert_eq!(e["payload"]["from_language"], "auto");
     assert!(e["payload"].get("segments").is_none());
@@ -643,13 +627,13 @@ async fn a_server_without_segments_gives_coarse_timings() {
         c.ai.captions = false;
     })
     .await;
-    let mut done = events(&node, "transcription.complete").await;
+    let mut done = node.events("transcription.complete").await;
     let request = event(
         "transcription.requested",
         json!({"media_id": 7, "file_path": input.display().to_string(), "language": "en"}),
     );
     node.api_post("/api/events", &request).await;
-    let p = next_event(&mut done).await["payload"].clone();
+    let p = next_event(&mut done, WAIT).await["payload"].clone();
     assert_eq!(p["media_id"], 7);
     assert_eq!(p["timings"], "coarse");
     assert_eq!(p["language"], "en", "the hint");
@@ -703,8 +687,8 @@ async fn bad_input_and_refused_credentials_fail_the_job_with_the_reason() {
         c.ai.anthropic.api_key = String::new();
     })
     .await;
-    let mut failed = events(&node, "transcription.failed").await;
-    let mut translation_failed = events(&node, "translation.failed").await;
+    let mut failed = node.events("transcription.failed").await;
+    let mut translation_failed = node.events("translation.failed").await;
     for (media, path) in [
         ("no-audio", &silent_video),
         ("broken", &broken),
@@ -715,7 +699,7 @@ async fn bad_input_and_refused_credentials_fail_the_job_with_the_reason() {
             json!({"media_id": media, "user_id": "u1", "file_path": path.display().to_string()}),
         );
         node.api_post("/api/events", &request).await;
-        let e = next_event(&mut failed).await;
+        let e = next_event(&mut failed, WAIT).await;
         let reason = e["payload"]["reason"].as_str().unwrap().to_string();
         assert_eq!(e["payload"]["media_id"], media);
         match media {
@@ -737,7 +721,7 @@ async fn bad_input_and_refused_credentials_fail_the_job_with_the_reason() {
         json!({"text": "Hallo", "to_language": "fr", "provider": "anthropic"}),
     );
     node.api_post("/api/events", &request).await;
-    let e = next_event(&mut translation_failed).await;
+    let e = next_event(&mut translation_failed, WAIT).await;
     assert_eq!(
         e["payload"]["reason"],
         "anthropic is not configured on this node"
@@ -760,7 +744,7 @@ async fn flagged_chat_messages_are_refused_before_or_deleted_after_their_broadca
         }
     })
     .await;
-    let mut flagged = events(&node, "moderation.flagged").await;
+    let mut flagged = node.events("moderation.flagged").await;
     let mut alice = node.connect("alice").await;
     let mut bob = node.connect("bob").await;
     let join = alice.join_ok("chat:room:1").await;
@@ -789,7 +773,7 @@ async fn flagged_chat_messages_are_refused_before_or_deleted_after_their_broadca
     assert_eq!(reply["response"]["categories"], json!(["harassment"]));
     bob.refute_push("chat:room:1", "new_message", Duration::from_millis(300))
         .await;
-    let e = next_event(&mut flagged).await;
+    let e = next_event(&mut flagged, WAIT).await;
     let p = &e["payload"];
     assert_eq!(
         (p["topic"].as_str(), p["user_id"].as_str()),
@@ -808,7 +792,7 @@ async fn flagged_chat_messages_are_refused_before_or_deleted_after_their_broadca
         c.ai.moderation.mode = "after".into();
     })
     .await;
-    let mut flagged = events(&node, "moderation.flagged").await;
+    let mut flagged = node.events("moderation.flagged").await;
     let mut alice = node.connect("alice").await;
     let mut bob = node.connect("bob").await;
     let join = alice.join_ok("chat:room:2").await;
@@ -828,7 +812,7 @@ async fn flagged_chat_messages_are_refused_before_or_deleted_after_their_broadca
     assert_eq!(seen[4]["id"], id);
     let deleted = bob.assert_push("chat:room:2", "msg_deleted").await;
     assert_eq!(deleted[4]["id"], id);
-    let e = next_event(&mut flagged).await;
+    let e = next_event(&mut flagged, WAIT).await;
     assert_eq!(e["payload"]["message_id"], id);
     assert_eq!(e["payload"]["withheld"], true);
     assert_eq!(e["payload"]["mode"], "after");

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use armoricore::config::Config;
 use armoricore::media::{MediaError, Profile, Request, Transcoder};
 use common::s3::{FaultProxy, S3Server};
-use common::{TestNode, test_config};
-use futures_util::StreamExt;
+use common::{TestNode, next_event, test_config};
 use serde_json::{Map, Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -492,27 +491,6 @@ async fn input_dirs_restrict_local_paths() {
 }
 
 /// Every event on `subject` of a node's bus.
-async fn subscribe(
-    node: &TestNode,
-    subject: &str,
-) -> futures_util::stream::BoxStream<'static, Value> {
-    node.node()
-        .hub()
-        .bus
-        .subscribe(subject)
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(&m.body).unwrap())
-        .boxed()
-}
-
-async fn next(stream: &mut futures_util::stream::BoxStream<'static, Value>) -> Value {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("an event in time")
-        .unwrap()
-}
-
 async fn upload(node: &TestNode, media_id: &str, file_path: &str) {
     let event = json!({"event_type": "media.uploaded", "payload": {"media_id": media_id,
         "user_id": "u1", "file_path": file_path, "content_type": "video/mp4", "file_size": 1}});
@@ -565,10 +543,10 @@ async fn node_transcodes_an_http_input_and_serves_the_hls() {
         &["-c:a", "aac"],
     );
     let url = serve_file(std::fs::read(&input).unwrap()).await;
-    let mut ready = subscribe(&node, "media.ready").await;
-    let mut progress = subscribe(&node, "media.progress").await;
+    let mut ready = node.events("media.ready").await;
+    let mut progress = node.events("media.progress").await;
     upload(&node, "web1", &url).await;
-    let event = next(&mut ready).await;
+    let event = next_event(&mut ready, WAIT).await;
     let p = &event["payload"];
     assert_eq!(
         (p["media_id"].as_str(), p["user_id"].as_str()),
@@ -577,7 +555,7 @@ async fn node_transcodes_an_http_input_and_serves_the_hls() {
     );
     let master_url = p["playback_urls"]["hls"].as_str().unwrap();
     assert_eq!(master_url, "/media/web1/hls/master.m3u8");
-    let first = next(&mut progress).await;
+    let first = next_event(&mut progress, WAIT).await;
     assert_eq!(first["payload"]["stage"], "preparing");
     assert_eq!(first["payload"]["media_id"], "web1");
 
@@ -640,7 +618,7 @@ async fn stage(
     stage: &str,
 ) -> Value {
     loop {
-        let e = next(progress).await;
+        let e = next_event(progress, WAIT).await;
         if e["payload"]["stage"] == stage {
             return e;
         }
@@ -650,8 +628,8 @@ async fn stage(
 #[tokio::test]
 async fn cancel_kills_ffmpeg_and_cleans_up() {
     let (node, _src, input) = slow_node(|_| {}).await;
-    let mut progress = subscribe(&node, "media.progress").await;
-    let mut failed = subscribe(&node, "media.failed").await;
+    let mut progress = node.events("media.progress").await;
+    let mut failed = node.events("media.failed").await;
     upload(&node, "c1", &input.display().to_string()).await;
     stage(&mut progress, "transcoding").await;
     let work = node.config.server.data_dir.join("media-work");
@@ -668,7 +646,7 @@ async fn cancel_kills_ffmpeg_and_cleans_up() {
         )
         .await;
     assert_eq!(status, 202);
-    let event = next(&mut failed).await;
+    let event = next_event(&mut failed, WAIT).await;
     assert_eq!(event["payload"]["reason"], "cancelled");
     assert_eq!(event["payload"]["media_id"], "c1");
     assert!(!ffmpeg_running_in(&work), "ffmpeg killed");
@@ -679,8 +657,8 @@ async fn cancel_kills_ffmpeg_and_cleans_up() {
 #[tokio::test]
 async fn a_killed_job_actor_is_retried_from_the_start() {
     let (node, _src, input) = slow_node(|_| {}).await;
-    let mut progress = subscribe(&node, "media.progress").await;
-    let mut failed = subscribe(&node, "media.failed").await;
+    let mut progress = node.events("media.progress").await;
+    let mut failed = node.events("media.failed").await;
     upload(&node, "k1", &input.display().to_string()).await;
     stage(&mut progress, "transcoding").await;
     let work = node.config.server.data_dir.join("media-work");
@@ -723,14 +701,17 @@ async fn a_killed_job_actor_is_retried_from_the_start() {
         &json!({"event_type": "media.cancel", "payload": {"media_id": "k1"}}),
     )
     .await;
-    assert_eq!(next(&mut failed).await["payload"]["reason"], "cancelled");
+    assert_eq!(
+        next_event(&mut failed, WAIT).await["payload"]["reason"],
+        "cancelled"
+    );
 }
 
 #[tokio::test]
 async fn the_bridge_takes_no_more_jobs_than_transcode_slots() {
     let (node, _src, input) = slow_node(|c| c.media.concurrency = 1).await;
-    let mut failed = subscribe(&node, "media.failed").await;
-    let mut progress = subscribe(&node, "media.progress").await;
+    let mut failed = node.events("media.failed").await;
+    let mut progress = node.events("media.progress").await;
     upload(&node, "q1", &input.display().to_string()).await;
     upload(&node, "q2", &input.display().to_string()).await;
     let first = stage(&mut progress, "transcoding").await;
@@ -748,7 +729,7 @@ async fn the_bridge_takes_no_more_jobs_than_transcode_slots() {
     node.api_post("/api/events", &cancel(first_id.clone()))
         .await;
     assert_eq!(
-        next(&mut failed).await["payload"]["media_id"],
+        next_event(&mut failed, WAIT).await["payload"]["media_id"],
         first_id.as_str()
     );
     // The slot freed: the second starts.
@@ -756,7 +737,10 @@ async fn the_bridge_takes_no_more_jobs_than_transcode_slots() {
     let second_id = second["payload"]["media_id"].as_str().unwrap().to_string();
     assert_ne!(second_id, first_id);
     node.api_post("/api/events", &cancel(second_id)).await;
-    assert_eq!(next(&mut failed).await["payload"]["reason"], "cancelled");
+    assert_eq!(
+        next_event(&mut failed, WAIT).await["payload"]["reason"],
+        "cancelled"
+    );
 }
 
 #[tokio::test]
@@ -802,9 +786,9 @@ async fn s3_upload_absorbs_injected_failures_and_reads_storage_keys() {
         .await
         .unwrap();
 
-    let mut ready = subscribe(&node, "media.ready").await;
+    let mut ready = node.events("media.ready").await;
     upload(&node, "s3m", "uploads/in.mp4").await;
-    let event = next(&mut ready).await;
+    let event = next_event(&mut ready, WAIT).await;
     let p = &event["payload"];
     assert_eq!(p["storage"], "s3");
     assert_eq!(
@@ -877,9 +861,9 @@ async fn a_job_the_bridge_gives_up_on_is_stopped() {
         c.bus.max_deliver = 1;
     })
     .await;
-    let mut failed = subscribe(&node, "media.failed").await;
+    let mut failed = node.events("media.failed").await;
     upload(&node, "t1", &input.display().to_string()).await;
-    let event = next(&mut failed).await;
+    let event = next_event(&mut failed, WAIT).await;
     assert_eq!(event["payload"]["reason"], "job timed out");
     let work = node.config.server.data_dir.join("media-work");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1034,7 +1018,7 @@ async fn over_jetstream_a_stopping_node_hands_its_transcode_to_the_next() {
         }
     };
     let first = TestNode::start_with(on_nats(url.clone())).await;
-    let mut progress = subscribe(&first, "media.progress").await;
+    let mut progress = first.events("media.progress").await;
     let src = tempfile::tempdir().unwrap();
     let input = src.path().join("in.mp4");
     make_input(
@@ -1052,8 +1036,8 @@ async fn over_jetstream_a_stopping_node_hands_its_transcode_to_the_next() {
     // SIGTERM-like stop: the job is handed back at once, its ffmpeg killed.
     first.shutdown().await;
     let second = TestNode::start_with(on_nats(url)).await;
-    let mut progress = subscribe(&second, "media.progress").await;
-    let mut failed = subscribe(&second, "media.failed").await;
+    let mut progress = second.events("media.progress").await;
+    let mut failed = second.events("media.failed").await;
     let again = stage(&mut progress, "transcoding").await;
     assert_eq!(
         again["payload"]["media_id"], "n1",
@@ -1069,7 +1053,10 @@ async fn over_jetstream_a_stopping_node_hands_its_transcode_to_the_next() {
             &json!({"event_type": "media.cancel", "payload": {"media_id": "n1"}}),
         )
         .await;
-    assert_eq!(next(&mut failed).await["payload"]["reason"], "cancelled");
+    assert_eq!(
+        next_event(&mut failed, WAIT).await["payload"]["reason"],
+        "cancelled"
+    );
 }
 
 #[tokio::test]
@@ -1084,8 +1071,8 @@ async fn cancel_works_while_the_input_is_still_downloading() {
             held.push(s);
         }
     });
-    let mut progress = subscribe(&node, "media.progress").await;
-    let mut failed = subscribe(&node, "media.failed").await;
+    let mut progress = node.events("media.progress").await;
+    let mut failed = node.events("media.failed").await;
     upload(&node, "d1", &format!("http://{addr}/slow.mp4")).await;
     stage(&mut progress, "preparing").await;
     let started = Instant::now();
@@ -1094,7 +1081,10 @@ async fn cancel_works_while_the_input_is_still_downloading() {
         &json!({"event_type": "media.cancel", "payload": {"media_id": "d1"}}),
     )
     .await;
-    assert_eq!(next(&mut failed).await["payload"]["reason"], "cancelled");
+    assert_eq!(
+        next_event(&mut failed, WAIT).await["payload"]["reason"],
+        "cancelled"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     stall.abort();
 }

@@ -13,6 +13,7 @@ use armoricore::metrics::Metrics;
 use armoricore::notify::request::{Notification, Platform};
 use armoricore::notify::sender::{Delivery, Provider, Sender};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use common::next_event;
 use common::push::{Seen, SmtpServer, TLS_CA, apns_stand_in, fcm_error, fcm_stand_in, mails, pem};
 use serde_json::{Value, json};
 
@@ -479,14 +480,14 @@ async fn a_node_sends_an_email_job_posted_as_an_event_in_the_original_shape() {
     let node = common::TestNode::start_with(move |c| c.notifications.email = email).await;
     let (_, ready) = node.get("/ready").await;
     assert!(ready.contains(r#""email":{"status":"up"}"#), "{ready}");
-    let mut sent = events(&node, "notification.sent").await;
+    let mut sent = node.events("notification.sent").await;
     let event = json!({"event_id": "ev-mail-1", "event_type": "notification.requested",
         "timestamp": "2025-01-15T10:30:00Z", "source": "php-backend",
         "payload": {"user_id": "u7", "notification_type": "email", "title": "Your video is ready",
             "body": "It can be watched now.", "data": {"email": "carol@example.com"}}});
     let (status, body) = node.api_post("/api/events", &event).await;
     assert_eq!(status, 202, "{body}");
-    let e = next_event(&mut sent).await;
+    let e = next_event(&mut sent, Duration::from_secs(10)).await;
     assert_eq!(e["payload"]["user_id"], "u7");
     assert_eq!(e["payload"]["notification_type"], "email");
     assert_eq!(e["payload"]["provider_ids"][0]["provider"], "email");
@@ -500,29 +501,6 @@ async fn a_node_sends_an_email_job_posted_as_an_event_in_the_original_shape() {
         assert!(mails[0].contains(part), "{part} in:\n{}", mails[0]);
     }
     node.shutdown().await;
-}
-
-async fn events(
-    node: &common::TestNode,
-    subject: &str,
-) -> futures_util::stream::BoxStream<'static, Value> {
-    use futures_util::StreamExt;
-    node.node()
-        .hub()
-        .bus
-        .subscribe(subject)
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(&m.body).unwrap())
-        .boxed()
-}
-
-async fn next_event(stream: &mut futures_util::stream::BoxStream<'static, Value>) -> Value {
-    use futures_util::StreamExt;
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("an event in time")
-        .unwrap()
 }
 
 #[tokio::test]
@@ -550,10 +528,10 @@ async fn a_node_sends_notifications_as_jobs_and_reports_each_outcome() {
         ready.contains(r#""notifications":{"fcm":{"status":"up"}}"#),
         "{ready}"
     );
-    let mut sent = events(&node, "notification.sent").await;
-    let mut invalid = events(&node, "notification.token_invalid").await;
-    let mut failed = events(&node, "notification.failed").await;
-    let mut dead = events(&node, "armoricore.dlq.notification.requested").await;
+    let mut sent = node.events("notification.sent").await;
+    let mut invalid = node.events("notification.token_invalid").await;
+    let mut failed = node.events("notification.failed").await;
+    let mut dead = node.events("armoricore.dlq.notification.requested").await;
     let mut alice = node.connect("u1").await;
     alice.join("user:u1", json!({})).await;
 
@@ -564,7 +542,7 @@ async fn a_node_sends_notifications_as_jobs_and_reports_each_outcome() {
     let (status, body) = node.api_post("/api/notify", &request).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["notification_id"], "n-1");
-    let e = next_event(&mut sent).await;
+    let e = next_event(&mut sent, Duration::from_secs(10)).await;
     let p = &e["payload"];
     assert_eq!(
         (p["user_id"].as_str(), p["notification_id"].as_str()),
@@ -578,7 +556,7 @@ async fn a_node_sends_notifications_as_jobs_and_reports_each_outcome() {
             .starts_with("projects/test-project/messages/")
     );
     assert_eq!(p["failed"][0]["target"]["token"], "gone");
-    let e = next_event(&mut invalid).await;
+    let e = next_event(&mut invalid, Duration::from_secs(10)).await;
     assert_eq!(e["payload"]["token"], "gone");
     assert_eq!(e["payload"]["platform"], "ios");
     let pushed = alice.assert_push("user:u1", "notification").await;
@@ -587,7 +565,7 @@ async fn a_node_sends_notifications_as_jobs_and_reports_each_outcome() {
     // The same notification_id again: not sent again.
     let (status, _) = node.api_post("/api/notify", &request).await;
     assert_eq!(status, 202);
-    let again = next_event(&mut sent).await;
+    let again = next_event(&mut sent, Duration::from_secs(10)).await;
     assert_eq!(again["payload"]["notification_id"], "n-1");
     let to_good = |s: &Seen| {
         s.requests
@@ -601,7 +579,7 @@ async fn a_node_sends_notifications_as_jobs_and_reports_each_outcome() {
     let only_dead = json!({"user_id": "u1", "notification_type": "push", "title": "t", "body": "b",
         "data": {"device_token": "gone", "platform": "android"}});
     node.api_post("/api/notify", &only_dead).await;
-    let e = next_event(&mut failed).await;
+    let e = next_event(&mut failed, Duration::from_secs(10)).await;
     assert!(
         e["payload"]["reason"]
             .as_str()
@@ -610,7 +588,7 @@ async fn a_node_sends_notifications_as_jobs_and_reports_each_outcome() {
         "{e}"
     );
     assert_eq!(e["payload"]["attempts"], 1);
-    let letter = next_event(&mut dead).await;
+    let letter = next_event(&mut dead, Duration::from_secs(10)).await;
     assert_eq!(letter["event"]["payload"]["data"]["device_token"], "gone");
 
     // A request that cannot be a notification is refused up front.
@@ -641,14 +619,14 @@ async fn a_notification_id_done_before_a_restart_is_not_sent_again() {
     let request = json!({"user_id": "u1", "notification_id": "n-2", "notification_type": "push",
         "title": "Hi", "body": "There", "tokens": [{"platform": "android", "token": "t2"}]});
     let node = start().await;
-    let mut sent = events(&node, "notification.sent").await;
+    let mut sent = node.events("notification.sent").await;
     node.api_post("/api/notify", &request).await;
-    let first = next_event(&mut sent).await;
+    let first = next_event(&mut sent, Duration::from_secs(10)).await;
     node.shutdown().await;
     let node = start().await;
-    let mut sent = events(&node, "notification.sent").await;
+    let mut sent = node.events("notification.sent").await;
     node.api_post("/api/notify", &request).await;
-    let again = next_event(&mut sent).await;
+    let again = next_event(&mut sent, Duration::from_secs(10)).await;
     assert_eq!(
         again["payload"]["provider_ids"], first["payload"]["provider_ids"],
         "the first result"

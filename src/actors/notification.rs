@@ -1,10 +1,10 @@
-//! NotificationSupervisor and its Notification actors: one actor per
-//! `notification.requested` job.
+//! The `notification.requested` jobs: one actor per notification, under the
+//! notifications' [`TaskSupervisor`](crate::supervisors::tasks).
 //!
 //! ```text
-//! bridge → NotifyJobs::run → NotificationSupervisor ─spawn_linked→ Notification
-//!                                                                  sends to every target
-//!                                                                  (notify::sender), replies, stops
+//! bridge → NotifyJobs::run → TaskSupervisor ─spawn_linked→ task actor: sends to
+//!                                                          every target (notify::sender),
+//!                                                          answers, stops
 //! done, ≥ 1 target sent   → notification.sent {user_id, notification_id, notification_type,
 //!                            sent_at, provider_ids, attempts, failed?} (+ `notification` push
 //!                            to user:{user_id}, by the bridge)
@@ -22,32 +22,28 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Map, Value, json};
-use tokio::sync::oneshot;
 
 use crate::bus::events;
 use crate::jobs::{Job, JobHandler, Outcome};
-use crate::metrics::Metrics;
 use crate::notify::request::{Kind, Notification};
 use crate::notify::sender::{Delivery, Sender, TargetReport};
-use crate::supervisors::policy::exit_of;
+use crate::supervisors::tasks::Tasks;
 
-type Reports = Vec<TargetReport>;
+pub type Reports = Vec<TargetReport>;
 /// When a notification was sent, and its `notification.sent` payload.
 type Sent = (Instant, Map<String, Value>);
-type Reply = Arc<Mutex<Option<oneshot::Sender<Reports>>>>;
 
 /// The node's notification sending: the providers and the current supervisor.
 pub struct NotifyService {
     pub sender: Arc<Sender>,
-    supervisor: Mutex<Option<ActorRef<NotifyMsg>>>,
+    /// The task supervisor's handle, set by the root supervisor.
+    pub tasks: Tasks<Reports>,
     limit: usize,
     /// Notifications sent recently: notification_id → (when, result payload).
     sent: Mutex<Recent>,
     window: Duration,
     store: Option<Arc<crate::store::Store>>,
-    metrics: Arc<Metrics>,
 }
 
 impl NotifyService {
@@ -56,29 +52,23 @@ impl NotifyService {
         limit: usize,
         window: Duration,
         store: Option<Arc<crate::store::Store>>,
-        metrics: Arc<Metrics>,
     ) -> NotifyService {
         NotifyService {
             sender: Arc::new(sender),
-            supervisor: Mutex::new(None),
+            tasks: Tasks::default(),
             limit: limit.max(1),
             sent: Mutex::default(),
             window,
             store,
-            metrics,
         }
-    }
-
-    pub fn set_supervisor(&self, actor: Option<ActorRef<NotifyMsg>>) {
-        *self.supervisor.lock() = actor;
     }
 
     /// Send `n` in its own actor; `None` if that actor died first.
     async fn run(&self, n: Notification) -> Option<Reports> {
-        let sup = self.supervisor.lock().clone()?;
-        let (reply, reports) = oneshot::channel();
-        sup.cast(NotifyMsg::Run(Box::new(n), reply)).ok()?;
-        reports.await.ok()
+        let sender = self.sender.clone();
+        self.tasks
+            .run(Box::pin(async move { sender.deliver(&n).await }))
+            .await
     }
 
     /// The result of an earlier send of `notification_id`, if one happened: this
@@ -232,112 +222,4 @@ fn outcome(n: &Notification, reports: &[TargetReport], job: &Job) -> Outcome {
         payload.insert("failed".into(), Value::Array(failed));
     }
     Outcome::Done(payload)
-}
-
-pub enum NotifyMsg {
-    Run(Box<Notification>, oneshot::Sender<Reports>),
-}
-
-/// Spawns one Notification actor per job; a crashed one is counted and its job
-/// given back to the bridge.
-pub struct NotificationSupervisor;
-
-pub struct SupervisorState {
-    service: Arc<NotifyService>,
-    running: HashMap<ActorId, Reply>,
-}
-
-impl Actor for NotificationSupervisor {
-    type Msg = NotifyMsg;
-    type State = SupervisorState;
-    type Arguments = Arc<NotifyService>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<NotifyMsg>,
-        service: Arc<NotifyService>,
-    ) -> Result<SupervisorState, ActorProcessingErr> {
-        Ok(SupervisorState {
-            service,
-            running: HashMap::new(),
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<NotifyMsg>,
-        msg: NotifyMsg,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        let NotifyMsg::Run(n, reply) = msg;
-        let reply: Reply = Arc::new(Mutex::new(Some(reply)));
-        let args = (state.service.sender.clone(), *n, reply.clone());
-        match Actor::spawn_linked(None, NotificationActor, args, myself.get_cell()).await {
-            Ok((actor, _)) => {
-                state.running.insert(actor.get_id(), reply);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not start a notification actor");
-                reply.lock().take(); // the job sees the actor gone
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<NotifyMsg>,
-        event: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        let Some((cell, exit)) = exit_of(&event) else {
-            return Ok(());
-        };
-        if let Some(reply) = state.running.remove(&cell.get_id())
-            && reply.lock().take().is_some()
-        {
-            // Died before answering: counted; the job goes back to the bridge.
-            state
-                .service
-                .metrics
-                .restarts
-                .with_label_values(&["notifications"])
-                .inc();
-            tracing::error!(?exit, "notification actor crashed");
-        }
-        Ok(())
-    }
-}
-
-/// One notification: sends it, answers, stops.
-pub struct NotificationActor;
-
-impl Actor for NotificationActor {
-    type Msg = ();
-    type State = Option<(Arc<Sender>, Notification, Reply)>;
-    type Arguments = (Arc<Sender>, Notification, Reply);
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<()>,
-        args: (Arc<Sender>, Notification, Reply),
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(Some(args))
-    }
-
-    /// The sending runs here, in the actor's own task (the supervisor is not held up).
-    async fn post_start(
-        &self,
-        myself: ActorRef<()>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some((sender, n, reply)) = state.take() {
-            let reports = sender.deliver(&n).await;
-            if let Some(reply) = reply.lock().take() {
-                let _ = reply.send(reports);
-            }
-        }
-        myself.stop(None);
-        Ok(())
-    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::openai::read;
-use super::{AiError, Usage, from_http};
+use super::{AiError, Usage, from_http, http_client};
 use crate::config::AnthropicConfig;
 
 #[derive(Clone)]
@@ -21,13 +21,7 @@ pub struct Anthropic {
 
 impl Anthropic {
     pub fn new(c: &AnthropicConfig, timeout: Duration) -> Result<Anthropic, AiError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| AiError::Permanent {
-                reason: format!("http client: {e}"),
-            })?;
+        let http = http_client(timeout)?;
         Ok(Anthropic {
             http,
             base: c.base_url.trim_end_matches('/').to_string(),

@@ -90,6 +90,17 @@ pub struct Usage {
     pub output: u64,
 }
 
+/// The HTTP client of a provider: `timeout` per request, connecting within 10 s.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, AiError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| AiError::Permanent {
+            reason: format!("http client: {e}"),
+        })
+}
+
 /// A request that got no answer: timeouts and connection errors are retried.
 pub fn from_http(provider: &str, e: &reqwest::Error) -> AiError {
     AiError::Transient {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::openai::read;
-use super::{AiError, Meter, from_http};
+use super::{AiError, Meter, from_http, http_client};
 use crate::config::{ModerationConfig, OpenAiConfig};
 
 /// When messages are checked.
@@ -67,12 +67,7 @@ impl Moderator {
             }
         };
         let timeout = Duration::from_millis(m.timeout_ms.max(1));
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| AiError::Permanent {
-                reason: format!("http client: {e}"),
-            })?;
+        let http = http_client(timeout)?;
         Ok(Some(Moderator {
             http,
             base: openai.base_url.trim_end_matches('/').to_string(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::captions::Segment;
-use super::{AiError, Usage, classify, from_http};
+use super::{AiError, Usage, classify, from_http, http_client};
 use crate::config::OpenAiConfig;
 
 /// What a transcription request gives back for one audio chunk.
@@ -39,13 +39,7 @@ pub struct OpenAi {
 
 impl OpenAi {
     pub fn new(c: &OpenAiConfig, timeout: Duration) -> Result<OpenAi, AiError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| AiError::Permanent {
-                reason: format!("http client: {e}"),
-            })?;
+        let http = http_client(timeout)?;
         Ok(OpenAi {
             http,
             base: c.base_url.trim_end_matches('/').to_string(),

@@ -31,7 +31,7 @@ pub enum Child {
     Bridge,
     /// The TranscodeSupervisor (when the node transcodes).
     Media,
-    /// The NotificationSupervisor (when a notification provider is configured).
+    /// The notifications' TaskSupervisor (when a notification provider is configured).
     Notifications,
     /// The AI jobs' TaskSupervisor (when an AI provider is configured).
     Ai,
@@ -119,12 +119,12 @@ impl RootSupervisor {
                 };
                 let (actor, _) = Actor::spawn_linked(
                     None,
-                    crate::actors::notification::NotificationSupervisor,
-                    service.clone(),
+                    crate::supervisors::tasks::TaskSupervisor::new("notifications"),
+                    hub.metrics.clone(),
                     sup,
                 )
                 .await?;
-                service.set_supervisor(Some(actor.clone()));
+                service.tasks.set_supervisor(Some(actor.clone()));
                 actor.get_cell()
             }
             Child::Ai => {
@@ -248,7 +248,7 @@ impl Actor for RootSupervisor {
             media.set_supervisor(None);
         }
         if let Some(notify) = &state.hub.notify {
-            notify.set_supervisor(None);
+            notify.tasks.set_supervisor(None);
         }
         if let Some(ai) = &state.hub.ai {
             ai.tasks.set_supervisor(None);

@@ -171,6 +171,18 @@ impl TestNode {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The events the node's bus carries on `subject`, as JSON envelopes.
+    pub async fn events(&self, subject: &str) -> futures_util::stream::BoxStream<'static, Value> {
+        self.node()
+            .hub()
+            .bus
+            .subscribe(subject)
+            .await
+            .unwrap()
+            .map(|m| serde_json::from_slice(&m.body).unwrap())
+            .boxed()
+    }
+
     /// The value of a metric series line (`name{labels}`), 0 if absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
@@ -475,4 +487,15 @@ pub async fn healthy(node: &TestNode) -> PhxClient {
     let mut c = node.connect("healthy").await;
     c.join_ok("chat:room:1").await;
     c
+}
+
+/// The next event of `stream`, within `within`.
+pub async fn next_event(
+    stream: &mut futures_util::stream::BoxStream<'static, Value>,
+    within: Duration,
+) -> Value {
+    tokio::time::timeout(within, stream.next())
+        .await
+        .expect("an event in time")
+        .expect("the subscription is open")
 }
