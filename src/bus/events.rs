@@ -169,6 +169,7 @@ pub fn parse(subject: &str, body: &[u8]) -> Result<Envelope, Invalid> {
     }
     if let Some(check) = schema(subject) {
         check(&raw.payload)?;
+        one_of(subject, &raw.payload)?;
     }
     Ok(Envelope {
         event_id: raw.event_id,
@@ -188,8 +189,28 @@ pub fn build(
 ) -> Result<Envelope, Invalid> {
     if let Some(check) = schema(subject) {
         check(&payload)?;
+        one_of(subject, &payload)?;
     }
     Ok(Envelope::new(subject, source, payload))
+}
+
+/// Fields of which a payload needs at least one (the first is named when none is
+/// there): a translation of a `text` or of `segments`.
+fn one_of(subject: &str, payload: &Map<String, Value>) -> Result<(), Invalid> {
+    let fields: &[&str] = match subject {
+        TRANSLATION_REQUESTED => &["text", "segments"],
+        _ => return Ok(()),
+    };
+    if fields
+        .iter()
+        .any(|f| payload.get(*f).is_some_and(|v| !v.is_null()))
+    {
+        return Ok(());
+    }
+    Err(Invalid::new(format!(
+        "payload: missing field `{}`",
+        fields[0]
+    )))
 }
 
 /// A typed payload: the subject it travels on and its schema check.
@@ -588,6 +609,10 @@ mod tests {
         let t: TranslationRequested =
             accept(json!({"text": "Hello, world!", "from_language": "en", "to_language": "es"}));
         assert_eq!(t.to_language, "es");
+        // Ours: timed segments instead of a text.
+        let t: TranslationRequested = accept(json!({"to_language": "de",
+            "segments": [{"start": 0.0, "end": 1.5, "text": "Good morning."}]}));
+        assert_eq!(t.segments.unwrap()[0].text, "Good morning.");
         // The original ai-workers wrote `segments: null` when the API gave none.
         let c: TranscriptionComplete = accept(json!({"media_id": "m1", "transcription": "",
             "language": "unknown", "segments": null}));
