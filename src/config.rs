@@ -326,7 +326,7 @@ pub struct EmailConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AiConfig {
-    /// AI jobs this node runs at once.
+    /// Jobs of each kind (transcription, translation) this node runs at once.
     pub concurrency: usize,
     /// Requests of one kind, retries included (429, 5xx, timeouts, bad replies).
     pub max_attempts: u32,

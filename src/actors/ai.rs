@@ -82,6 +82,12 @@ impl AiService {
         } else {
             PathBuf::from(&config.media.work_dir).join("ai")
         };
+        // What jobs of an earlier run left behind (the node died mid-job).
+        if let Ok(entries) = std::fs::read_dir(&work_root) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         Ok(Some(AiService {
             config: ai.clone(),
             ffmpeg: config.media.ffmpeg.clone(),

@@ -106,6 +106,24 @@ pub struct Store {
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// SQLite's settings on every new connection. WAL: readers never wait for the
+/// writer; NORMAL: a commit survives the process dying (not the machine losing
+/// power mid-checkpoint); checkpoints less often (a page written many times
+/// between checkpoints is copied back once); `cache_size` as given.
+fn sqlite_pragmas(options: AnyPoolOptions, cache_size: &'static str) -> AnyPoolOptions {
+    options.after_connect(move |conn, _| {
+        Box::pin(async move {
+            use sqlx::Executor;
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute("PRAGMA synchronous = NORMAL").await?;
+            conn.execute("PRAGMA busy_timeout = 5000").await?;
+            conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+            conn.execute(cache_size).await?;
+            Ok(())
+        })
+    })
+}
+
 /// The URL `database.url` means: `""` is SQLite under `data_dir`; `"off"` is none.
 pub fn resolve_url(config: &DatabaseConfig, data_dir: &Path) -> Option<String> {
     let url = config.url.trim();
@@ -205,26 +223,13 @@ impl Store {
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(config.connect_timeout_s.max(1)));
         if backend == Backend::Sqlite {
-            // WAL: readers never wait for the writer; NORMAL: a commit survives the
-            // process dying (not the machine losing power mid-checkpoint).
-            options = options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    // Checkpoint less often (a page written many times between
-                    // checkpoints is copied back once) and keep more pages cached.
-                    conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
-                    conn.execute("PRAGMA cache_size = -32768").await?;
-                    Ok(())
-                })
-            });
+            options = sqlite_pragmas(options, "PRAGMA cache_size = -32768");
         }
         let writer = if backend == Backend::Sqlite {
             Some(
-                options
-                    .clone()
+                // Appends need few cached pages; a large cache on the one
+                // connection nobody else invalidates would just fill with them.
+                sqlite_pragmas(options.clone(), "PRAGMA cache_size = -4096")
                     .max_connections(1)
                     .connect(&url)
                     .await
