@@ -61,9 +61,11 @@ async fn a_stalled_client_is_closed_and_memory_stays_flat() {
     let node = TestNode::start_with(|c| {
         c.socket.max_frame_bytes = 256 * 1024;
         c.channels.max_content_chars = CONTENT;
-        // No history: its ring would keep 100 × 100 KB on purpose, which is not
-        // what this test measures.
+        // No history and no database: the ring would keep 100 × 100 KB on purpose,
+        // and SQLite's page cache (32 MB per connection) would fill with the 20 MB
+        // written; neither is what this test measures.
         c.history.rules.clear();
+        c.database.url = "off".into();
         // The sender pushes 200 messages at once.
         c.limits.connection_events_burst = 1000;
         c.limits.user_events_burst = 1000;

@@ -109,8 +109,8 @@ pub struct Store {
 /// SQLite's settings on every new connection. WAL: readers never wait for the
 /// writer; NORMAL: a commit survives the process dying (not the machine losing
 /// power mid-checkpoint); checkpoints less often (a page written many times
-/// between checkpoints is copied back once); `cache_size` as given.
-fn sqlite_pragmas(options: AnyPoolOptions, cache_size: &'static str) -> AnyPoolOptions {
+/// between checkpoints is copied back once); 32 MB of page cache.
+fn sqlite_pragmas(options: AnyPoolOptions) -> AnyPoolOptions {
     options.after_connect(move |conn, _| {
         Box::pin(async move {
             use sqlx::Executor;
@@ -118,7 +118,7 @@ fn sqlite_pragmas(options: AnyPoolOptions, cache_size: &'static str) -> AnyPoolO
             conn.execute("PRAGMA synchronous = NORMAL").await?;
             conn.execute("PRAGMA busy_timeout = 5000").await?;
             conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
-            conn.execute(cache_size).await?;
+            conn.execute("PRAGMA cache_size = -32768").await?;
             Ok(())
         })
     })
@@ -223,13 +223,11 @@ impl Store {
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(config.connect_timeout_s.max(1)));
         if backend == Backend::Sqlite {
-            options = sqlite_pragmas(options, "PRAGMA cache_size = -32768");
+            options = sqlite_pragmas(options);
         }
         let writer = if backend == Backend::Sqlite {
             Some(
-                // Appends need few cached pages; a large cache on the one
-                // connection nobody else invalidates would just fill with them.
-                sqlite_pragmas(options.clone(), "PRAGMA cache_size = -4096")
+                sqlite_pragmas(options.clone())
                     .max_connections(1)
                     .connect(&url)
                     .await
