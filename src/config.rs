@@ -75,6 +75,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub notifications: NotificationsConfig,
     pub ai: AiConfig,
+    pub calls: crate::calls::config::CallsConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
 }
@@ -534,6 +535,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_database()?;
+        self.calls.validate()?;
         crate::protocols::jwt::parse_algorithm(&self.auth.algorithm)
             .map_err(|e| invalid("auth.algorithm", e.to_string()))?;
         if self.auth.algorithm != "HS256" && self.auth.public_key_file.is_empty() {

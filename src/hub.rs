@@ -59,6 +59,8 @@ pub struct Hub {
     pub store: Option<Arc<crate::store::Store>>,
     /// This node's name in job records and the cluster.
     pub node_name: String,
+    /// WebRTC calls (`calls.enabled`).
+    pub calls: Option<Arc<crate::calls::Calls>>,
     pub handled: Handled,
     /// The bus's work queues are prepared (JetStream streams and consumers exist).
     bus_work_ready: std::sync::atomic::AtomicBool,
@@ -83,6 +85,7 @@ pub struct Services {
     pub moderation: Option<Arc<crate::ai::moderation::Moderator>>,
     pub store: Option<Arc<crate::store::Store>>,
     pub node_name: String,
+    pub calls: Option<Arc<crate::calls::Calls>>,
 }
 
 impl Hub {
@@ -103,6 +106,7 @@ impl Hub {
             moderation,
             store,
             node_name,
+            calls,
         } = services;
         let persist = store.clone().map(|store| crate::history::Persist {
             writer: crate::store::Writer::start(
@@ -141,6 +145,7 @@ impl Hub {
             notify,
             ai,
             moderation,
+            calls,
             handled: Handled::default(),
             media_owners: Default::default(),
             bus_work_ready: Default::default(),

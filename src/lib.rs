@@ -41,6 +41,7 @@
 pub mod actors;
 pub mod ai;
 pub mod bus;
+pub mod calls;
 pub mod channels;
 pub mod cluster;
 pub mod config;

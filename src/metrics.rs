@@ -104,6 +104,27 @@ pub struct Metrics {
     pub ai_request_seconds: prometheus::HistogramVec,
     /// Tokens AI providers reported, by provider and direction (`input`, `output`).
     pub ai_tokens: IntCounterVec,
+    /// Calls running on this node, their participants and published tracks.
+    pub rtc_calls: IntGauge,
+    pub rtc_participants: IntGauge,
+    pub rtc_tracks: IntGauge,
+    /// RTP packets received on published tracks.
+    pub rtc_packets_in: IntCounter,
+    /// RTP packets (and payload bytes) sent to subscribers.
+    pub rtc_packets_forwarded: IntCounter,
+    pub rtc_bytes_forwarded: IntCounter,
+    /// Time from a packet's arrival to its copy leaving for one subscriber.
+    pub rtc_forward_seconds: Histogram,
+    /// Keyframe requests (PLI/FIR) sent to publishers.
+    pub rtc_keyframe_requests: IntCounter,
+    /// NACKs received from subscribers (answered from the retransmission buffer).
+    pub rtc_nacks: IntCounter,
+    /// Media packets dropped, by reason.
+    pub rtc_dropped: IntCounterVec,
+    /// Datagrams no participant claimed.
+    pub rtc_unrouted: IntCounter,
+    /// Datagrams the socket refused to send.
+    pub rtc_send_errors: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -356,6 +377,53 @@ impl Metrics {
                 "armoricore_ai_tokens_total",
                 "Tokens AI providers reported, by provider and direction.",
                 &["provider", "direction"],
+            ),
+            rtc_calls: gauge("armoricore_rtc_calls", "Calls running on this node."),
+            rtc_participants: gauge(
+                "armoricore_rtc_participants",
+                "Call participants on this node.",
+            ),
+            rtc_tracks: gauge(
+                "armoricore_rtc_tracks",
+                "Tracks published by call participants on this node.",
+            ),
+            rtc_packets_in: counter(
+                "armoricore_rtc_packets_received_total",
+                "RTP packets received on published tracks.",
+            ),
+            rtc_packets_forwarded: counter(
+                "armoricore_rtc_packets_forwarded_total",
+                "RTP packets forwarded to subscribers.",
+            ),
+            rtc_bytes_forwarded: counter(
+                "armoricore_rtc_bytes_forwarded_total",
+                "RTP payload bytes forwarded to subscribers.",
+            ),
+            rtc_forward_seconds: histogram(
+                "armoricore_rtc_forward_seconds",
+                "Time from a packet's arrival to its copy leaving for one subscriber.",
+                prometheus::exponential_buckets(5e-6, 2.0, 16).expect("valid buckets"),
+            ),
+            rtc_keyframe_requests: counter(
+                "armoricore_rtc_keyframe_requests_total",
+                "Keyframe requests (PLI) sent to publishers.",
+            ),
+            rtc_nacks: counter(
+                "armoricore_rtc_nacks_total",
+                "NACKs received from subscribers.",
+            ),
+            rtc_dropped: counter_vec(
+                "armoricore_rtc_dropped_total",
+                "Media packets dropped, by reason.",
+                &["reason"],
+            ),
+            rtc_unrouted: counter(
+                "armoricore_rtc_unrouted_total",
+                "Media datagrams that no participant claimed.",
+            ),
+            rtc_send_errors: counter(
+                "armoricore_rtc_send_errors_total",
+                "Media datagrams the socket did not send.",
             ),
             registry: r,
         }

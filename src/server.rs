@@ -47,6 +47,8 @@ pub enum StartError {
     Notify(#[from] crate::notify::sender::SetupError),
     #[error("ai: {0}")]
     Ai(#[from] crate::ai::AiError),
+    #[error("calls: {0}")]
+    Calls(#[from] crate::calls::CallError),
     #[error("supervision tree failed to start: {0}")]
     Spawn(#[from] ractor::SpawnErr),
 }
@@ -303,9 +305,22 @@ impl Node {
             },
         )?
         .map(Arc::new);
+        let calls = if config.calls.enabled {
+            let outlet =
+                crate::bus::outlet::Outlet::new(bus.clone(), config.bus.clone(), metrics.clone());
+            Some(crate::calls::Calls::start(
+                config.calls.clone(),
+                metrics.clone(),
+                outlet,
+                node_name.clone(),
+            )?)
+        } else {
+            None
+        };
         let services = Services {
             bus,
             jobs,
+            calls,
             cluster,
             media,
             notify,

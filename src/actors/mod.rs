@@ -8,6 +8,7 @@
 
 pub mod ai;
 pub mod bridge;
+pub mod call;
 pub mod gateway;
 pub mod janitor;
 pub mod notification;

@@ -107,17 +107,18 @@ impl SessionState {
         ));
     }
 
-    /// Forget a channel's subscription and presence.
-    fn teardown(&self, topic: &str) {
+    /// Forget a channel's subscription and presence, and tell the channel.
+    fn teardown(&self, topic: &str, joined: &Joined) {
         self.hub.pubsub.unsubscribe(topic, self.id);
         self.hub.presence.untrack(topic, self.id);
+        terminate(&self.hub, topic, self.id, joined);
     }
 
     /// A channel failed: tell the client (`phx_error`; phoenix.js rejoins) and drop it.
     fn crash_channel(&mut self, topic: &str, why: &str) {
         if let Some(joined) = self.channels.remove(topic) {
             tracing::error!(session = self.id, topic, reason = why, "channel crashed");
-            self.teardown(topic);
+            self.teardown(topic, &joined);
             self.channel_event(topic, joined.join_ref.as_deref(), events::ERROR);
             self.hub
                 .metrics
@@ -157,7 +158,7 @@ impl SessionState {
         let topic = m.topic.clone();
         if let Some(old) = self.channels.remove(&topic) {
             // Duplicate join: close the existing channel, then join anew (Phoenix does the same).
-            self.teardown(&topic);
+            self.teardown(&topic, &old);
             self.channel_event(&topic, old.join_ref.as_deref(), events::CLOSE);
         }
         let refused = |this: &Self, reason: String| {
@@ -251,8 +252,8 @@ impl SessionState {
 
     fn leave(&mut self, m: &Message) {
         let joined = self.channels.remove(&m.topic);
-        if joined.is_some() {
-            self.teardown(&m.topic);
+        if let Some(joined) = &joined {
+            self.teardown(&m.topic, joined);
         }
         self.reply(m, Reply::Ok(json!({})));
         if let Some(joined) = joined {
@@ -297,6 +298,16 @@ impl SessionState {
             }
         }
         Ok(())
+    }
+}
+
+/// Run a channel's `terminate`, containing a panic (it may run in `Drop`).
+fn terminate(hub: &Arc<Hub>, topic: &str, session: SessionId, joined: &Joined) {
+    let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        joined.channel.terminate(hub, topic, session)
+    }));
+    if let Err(panic) = run {
+        tracing::error!(session, topic, reason = %panic_message(&panic), "channel terminate crashed");
     }
 }
 
@@ -382,8 +393,9 @@ impl Actor for Session {
 /// that failed after `pre_start`.
 impl Drop for SessionState {
     fn drop(&mut self) {
-        for topic in self.channels.keys() {
+        for (topic, joined) in &self.channels {
             self.hub.pubsub.unsubscribe(topic, self.id);
+            terminate(&self.hub, topic, self.id, joined);
         }
         self.hub.presence.untrack_session(self.id);
         self.hub.forget_session(self.id);

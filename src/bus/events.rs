@@ -38,6 +38,10 @@ pub const CAPTIONING_COMPLETE: &str = "captioning.complete";
 pub const CHAT_MESSAGE: &str = "chat.message";
 pub const PRESENCE_UPDATE: &str = "presence.update";
 pub const MODERATION_FLAGGED: &str = "moderation.flagged";
+pub const CALL_STARTED: &str = "call.started";
+pub const CALL_ENDED: &str = "call.ended";
+pub const CALL_PARTICIPANT_JOINED: &str = "call.participant_joined";
+pub const CALL_PARTICIPANT_LEFT: &str = "call.participant_left";
 
 /// Work subjects: queued (JetStream), acknowledged when the job ends, redelivered until then.
 pub const WORK_SUBJECTS: [&str; 4] = [
@@ -347,6 +351,21 @@ payloads! {
     ModerationFlagged = MODERATION_FLAGGED {
         topic: String, user_id: Id, content: String, withheld: bool, mode: String,
         ; message_id: String, offset: u64, categories: Vec<String>, score: f64,
+    }
+    /// A call began on `node` (its first participant joined).
+    CallStarted = CALL_STARTED { call_id: String, node: String, ; }
+    /// A call ended (`duration_s`; every participant who ever joined).
+    CallEnded = CALL_ENDED {
+        call_id: String, node: String, duration_s: f64, participants_total: u64, ;
+    }
+    /// Someone joined a call.
+    CallParticipantJoined = CALL_PARTICIPANT_JOINED {
+        call_id: String, node: String, participant_id: String, user_id: Id, ;
+    }
+    /// Someone left a call: `reason` is `left`, `connection_closed`, `ice_timeout`,
+    /// `connect_timeout`, `failed`...
+    CallParticipantLeft = CALL_PARTICIPANT_LEFT {
+        call_id: String, node: String, participant_id: String, user_id: Id, reason: String, ;
     }
     /// A user's presence in a room changed.
     PresenceUpdate = PRESENCE_UPDATE {

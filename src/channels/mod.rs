@@ -9,6 +9,7 @@
 //! standard routes are the original Armoricore app's topics (see `rooms`). Tests add
 //! their own routes the same way an application would.
 
+pub mod call;
 pub mod rooms;
 
 use std::sync::Arc;
@@ -120,6 +121,13 @@ pub trait Channel: Send + Sync + 'static {
         event: &str,
         payload: Value,
     ) -> Result<Option<Reply>, ChannelError>;
+
+    /// The connection is no longer in this topic: it left, the channel crashed,
+    /// or the connection ended (Phoenix's `terminate`). Runs synchronously, so
+    /// it only hands work off.
+    fn terminate(&self, hub: &Arc<Hub>, topic: &str, session: SessionId) {
+        let _ = (hub, topic, session);
+    }
 }
 
 /// Who may join a route's topics.
@@ -172,6 +180,11 @@ impl Router {
             .route("presence:room:", Access::Public, rooms::PresenceRoom)
             .route("user:", Access::OwnUser, rooms::UserTopic)
             .route("media:", Access::Public, rooms::MediaTopic)
+            .route(
+                crate::calls::TOPIC_PREFIX,
+                Access::Public,
+                call::CallSignaling,
+            )
     }
 
     /// Add a route; a topic goes to the longest matching prefix.

@@ -6,10 +6,15 @@
 //! ├── SessionSupervisor  permanent
 //! │    └── Session       temporary   one per connection
 //! ├── PresenceTracker    permanent
-//! └── Janitor            permanent   history sweeps
+//! ├── Janitor            permanent   history sweeps
+//! ├── TranscodeSupervisor, TaskSupervisor ×2 (notifications, ai)  permanent
+//! └── CallSupervisor     permanent   (calls.enabled)
+//!      └── Call          temporary   one per call id
+//!           └── Peer     temporary   one per participant
 //! ```
 //! Restart policies and intensity are in [`policy`], shared by every supervisor.
 
+pub mod calls;
 pub mod policy;
 pub mod root;
 pub mod sessions;

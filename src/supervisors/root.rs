@@ -35,14 +35,17 @@ pub enum Child {
     Notifications,
     /// The AI jobs' TaskSupervisor (when an AI provider is configured).
     Ai,
+    /// The CallSupervisor (when calls are enabled).
+    Calls,
 }
 
 impl Child {
     /// Start order; they stop in reverse (the bridge hands running jobs back
     /// after the sessions are gone).
-    const ALL: [Child; 8] = [
+    const ALL: [Child; 9] = [
         Child::Janitor,
         Child::Presence,
+        Child::Calls,
         Child::Media,
         Child::Notifications,
         Child::Ai,
@@ -139,6 +142,20 @@ impl RootSupervisor {
                 )
                 .await?;
                 service.tasks.set_supervisor(Some(actor.clone()));
+                actor.get_cell()
+            }
+            Child::Calls => {
+                let Some(calls) = hub.calls.clone() else {
+                    return Ok(());
+                };
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    crate::supervisors::calls::CallSupervisor,
+                    calls.clone(),
+                    sup,
+                )
+                .await?;
+                calls.set_supervisor(Some(actor.get_cell()));
                 actor.get_cell()
             }
             Child::Janitor => Actor::spawn_linked(None, Janitor, hub, sup)
@@ -252,6 +269,9 @@ impl Actor for RootSupervisor {
         }
         if let Some(ai) = &state.hub.ai {
             ai.tasks.set_supervisor(None);
+        }
+        if let Some(calls) = &state.hub.calls {
+            calls.set_supervisor(None);
         }
         state.hub.set_session_supervisor(None);
         myself.stop_children(None);

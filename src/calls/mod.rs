@@ -1,0 +1,300 @@
+//! Calls: a WebRTC SFU. One [`Call`](crate::actors::call::Call) actor per call id,
+//! one [`Peer`](peer::Peer) actor per participant (a child of its call), signaling
+//! over the `signaling:call:{id}` channel (`channels::call`), media on the node's
+//! UDP sockets ([`net`]). RTP is forwarded as it came, never decoded.
+//!
+//! ```text
+//! CallSupervisor ── Call "42" ──┬── Peer alice (str0m Rtc: ICE-lite, DTLS, SRTP, RTCP)
+//!                               └── Peer bob
+//! alice's RTP → Peer alice ─Arc<Forwarded>→ Peer bob → write_rtp → UDP
+//! ```
+//! docs/calls.md is the client-facing contract.
+
+pub mod config;
+pub mod net;
+pub mod peer;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorRef};
+use serde_json::{Value, json};
+use str0m::media::{MediaKind, Mid};
+
+use crate::actors::call::{Call, CallArgs, CallMsg};
+use crate::bus::Outlet;
+use crate::metrics::Metrics;
+use crate::protocols::phoenix::{self, Vsn};
+use crate::pubsub::{Outbox, SessionId, offer};
+use config::CallsConfig;
+
+/// The signaling topic prefix.
+pub const TOPIC_PREFIX: &str = "signaling:call:";
+
+/// Why a call request failed; the message is what the client reads.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("calls are not enabled on this node")]
+    Disabled,
+    #[error("this node already hosts {0} calls (calls.max_calls)")]
+    TooManyCalls(usize),
+    #[error("the call is full ({0} participants, calls.max_participants)")]
+    Full(usize),
+    #[error("not in this call: join the channel again")]
+    NotInCall,
+    #[error("invalid SDP: {0}")]
+    Sdp(String),
+    #[error("invalid ICE candidate: {0}")]
+    Candidate(String),
+    #[error("no offer is waiting for an answer")]
+    NoPendingOffer,
+    #[error("this answer is for offer {got}, the pending offer is {pending}")]
+    StaleAnswer { got: u64, pending: u64 },
+    #[error("the call ended")]
+    Ended,
+    #[error("cannot bind {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("no free UDP port on {0} in {1}..={2}")]
+    NoPort(IpAddr, u16, u16),
+    #[error("media socket: {0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A client's signaling message, as the channel decoded it.
+#[derive(Debug)]
+pub enum Signal {
+    Offer(String),
+    Answer { sdp: String, offer_id: Option<u64> },
+    Candidate(String),
+}
+
+/// Where a participant's signaling events go: its connection, on the call topic.
+#[derive(Clone)]
+pub struct SignalTarget {
+    pub outbox: Outbox,
+    pub vsn: Vsn,
+    pub join_ref: Option<String>,
+    pub topic: Arc<str>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl SignalTarget {
+    pub fn push(&self, event: &str, payload: &Value) {
+        let frame = phoenix::encode(
+            self.vsn,
+            self.join_ref.as_deref(),
+            None,
+            &self.topic,
+            event,
+            payload,
+        );
+        offer(&self.outbox, frame, &self.metrics);
+    }
+}
+
+/// Identifies a published track across the node.
+pub type TrackId = u64;
+
+static NEXT_TRACK: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_track_id() -> TrackId {
+    NEXT_TRACK.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A track a participant publishes, as the others subscribe to it.
+#[derive(Debug)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub participant: Arc<str>,
+    pub user_id: Arc<str>,
+    pub kind: MediaKind,
+    /// The m-line it arrives on at its publisher.
+    pub mid: Mid,
+    pub publisher: ActorRef<peer::PeerMsg>,
+}
+
+/// Lowercase `audio`/`video`, as the browser APIs name kinds.
+pub fn kind_name(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
+}
+
+/// The node's calls: the registry, the media sockets, the limits.
+pub struct Calls {
+    pub config: CallsConfig,
+    pub net: net::Net,
+    pub metrics: Arc<Metrics>,
+    pub outlet: Outlet,
+    pub node_name: String,
+    registry: DashMap<Arc<str>, ActorRef<CallMsg>>,
+    supervisor: Mutex<Option<ActorCell>>,
+    /// Serializes call creation so two first joins make one call.
+    create: tokio::sync::Mutex<()>,
+}
+
+/// How long a signaling request may wait for its call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Calls {
+    /// Bind the media sockets. Must run inside the Tokio runtime.
+    pub fn start(
+        config: CallsConfig,
+        metrics: Arc<Metrics>,
+        outlet: Outlet,
+        node_name: String,
+    ) -> Result<Arc<Calls>, CallError> {
+        let net = net::Net::start(&config, metrics.clone())?;
+        for addr in net.shared_addresses() {
+            tracing::info!(%addr, "call media on UDP");
+        }
+        Ok(Arc::new(Calls {
+            config,
+            net,
+            metrics,
+            outlet,
+            node_name,
+            registry: DashMap::new(),
+            supervisor: Mutex::new(None),
+            create: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The CallSupervisor new calls are linked to (set by the root supervisor).
+    pub fn set_supervisor(&self, cell: Option<ActorCell>) {
+        *self.supervisor.lock() = cell;
+    }
+
+    /// Calls running on this node.
+    pub fn count(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Forget a call that stopped (only if `id` still maps to that actor).
+    fn forget(&self, id: &str, actor: ractor::ActorId) {
+        self.registry.remove_if(id, |_, r| r.get_id() == actor);
+    }
+
+    /// Forget the call this actor ran (the supervisor saw it end).
+    pub fn forget_actor(&self, actor: ractor::ActorId) {
+        self.registry.retain(|_, r| r.get_id() != actor);
+    }
+
+    async fn call_actor(self: &Arc<Self>, id: &str) -> Result<ActorRef<CallMsg>, CallError> {
+        if let Some(r) = self.registry.get(id) {
+            return Ok(r.clone());
+        }
+        let _guard = self.create.lock().await;
+        if let Some(r) = self.registry.get(id) {
+            return Ok(r.clone());
+        }
+        if self.registry.len() >= self.config.max_calls {
+            return Err(CallError::TooManyCalls(self.config.max_calls));
+        }
+        let supervisor = self.supervisor.lock().clone().ok_or(CallError::Disabled)?;
+        let id: Arc<str> = Arc::from(id);
+        let args = CallArgs {
+            id: id.clone(),
+            calls: self.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, Call, args, supervisor)
+            .await
+            .map_err(|e| CallError::Internal(format!("call did not start: {e}")))?;
+        self.registry.insert(id, actor.clone());
+        Ok(actor)
+    }
+
+    /// Add this connection to call `id` (created on its first join).
+    pub async fn join(
+        self: &Arc<Self>,
+        id: &str,
+        session: SessionId,
+        user_id: Arc<str>,
+        signal: SignalTarget,
+    ) -> Result<Value, CallError> {
+        // A call that is stopping refuses; the second try creates it again.
+        for _ in 0..2 {
+            let call = self.call_actor(id).await?;
+            let (user_id, signal) = (user_id.clone(), signal.clone());
+            match call
+                .call(
+                    |reply| CallMsg::Join {
+                        session,
+                        user_id,
+                        signal,
+                        reply,
+                    },
+                    Some(CALL_TIMEOUT),
+                )
+                .await
+            {
+                Ok(CallResult::Success(Err(CallError::Ended))) | Err(_) => {
+                    self.forget(id, call.get_id());
+                }
+                Ok(CallResult::Success(r)) => {
+                    return r.map(|mut v| {
+                        v["ice_servers"] = json!(self.config.ice_servers);
+                        v
+                    });
+                }
+                Ok(CallResult::Timeout) => {
+                    return Err(CallError::Internal("the call did not answer".into()));
+                }
+                Ok(CallResult::SenderError) => self.forget(id, call.get_id()),
+            }
+        }
+        Err(CallError::Ended)
+    }
+
+    /// Hand a signaling message to this connection's participant in call `id`.
+    pub async fn signal(
+        &self,
+        id: &str,
+        session: SessionId,
+        signal: Signal,
+    ) -> Result<(), CallError> {
+        let call = self
+            .registry
+            .get(id)
+            .map(|r| r.clone())
+            .ok_or(CallError::NotInCall)?;
+        match call
+            .call(
+                |reply| CallMsg::Signal {
+                    session,
+                    signal,
+                    reply,
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            Ok(CallResult::Timeout) => Err(CallError::Internal("the call did not answer".into())),
+            Ok(CallResult::SenderError) | Err(_) => Err(CallError::NotInCall),
+        }
+    }
+
+    /// This connection left call `id` (channel left, connection gone, `call_end`).
+    pub fn leave(&self, id: &str, session: SessionId, reason: &'static str) {
+        if let Some(call) = self.registry.get(id) {
+            let _ = call.cast(CallMsg::Leave { session, reason });
+        }
+    }
+
+    /// `/ready` and the dashboard: what runs here.
+    pub fn status(&self) -> Value {
+        json!({
+            "calls": self.count(),
+            "udp": self.net.shared_addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,362 @@
+//! Media sockets. In the default mode one UDP socket per address serves every
+//! participant (what a load balancer or a firewall wants: one port): a datagram
+//! goes to the participant whose ICE ufrag its STUN USERNAME names, and after
+//! that by its source address. With a port range, each participant binds its own
+//! port and everything arriving there is its own.
+//!
+//! ```text
+//! UdpSocket ─recv task─┬─ STUN "ourUfrag:theirUfrag" → by_ufrag → learn (local, source)
+//!                      └─ anything else → by_addr[(local, source)] → Peer mailbox
+//! Peer ─Transmit{source, destination}→ the socket bound to `source` (try_send_to)
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use ractor::ActorRef;
+use str0m::Candidate;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use super::CallError;
+use super::peer::PeerMsg;
+use crate::metrics::Metrics;
+
+/// Kernel buffers asked for each media socket: bursts of video from many
+/// participants arrive between two reads.
+const SOCKET_BUFFER: usize = 4 << 20;
+/// Larger than any datagram WebRTC sends (MTU-sized).
+const RECV_BUFFER: usize = 2048;
+
+/// One received datagram, as a participant gets it.
+pub struct Datagram {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub at: Instant,
+    pub data: Vec<u8>,
+}
+
+type Route = ActorRef<PeerMsg>;
+
+#[derive(Default)]
+struct Routes {
+    by_ufrag: DashMap<String, Route>,
+    by_addr: DashMap<(SocketAddr, SocketAddr), Route>,
+}
+
+impl Routes {
+    fn route(&self, local: SocketAddr, source: SocketAddr, data: &[u8]) -> Option<Route> {
+        if let Some(ufrag) = stun_local_ufrag(data) {
+            let peer = self.by_ufrag.get(ufrag)?.clone();
+            // ICE checks come first, so media from this address finds its peer.
+            self.by_addr.insert((local, source), peer.clone());
+            return Some(peer);
+        }
+        self.by_addr.get(&(local, source)).map(|r| r.clone())
+    }
+}
+
+/// The node's media sockets.
+pub struct Net {
+    shared: Vec<Arc<UdpSocket>>,
+    addresses: Vec<IpAddr>,
+    range: Option<(u16, u16)>,
+    public_ip: Option<IpAddr>,
+    routes: Arc<Routes>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Net {
+    /// Bind the shared sockets (or, with a port range, nothing yet).
+    pub fn start(
+        config: &super::config::CallsConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Net, CallError> {
+        let addresses = config.bind_addresses();
+        let routes = Arc::new(Routes::default());
+        let mut shared = Vec::new();
+        let mut tasks = Vec::new();
+        if config.port_range().is_none() {
+            // With port 0 the first address picks the port and the others follow it.
+            let mut port = config.udp_port;
+            for ip in &addresses {
+                let socket = bind(SocketAddr::new(*ip, port))?;
+                port = socket.local_addr().map_err(CallError::Io)?.port();
+                let socket = Arc::new(socket);
+                tasks.push(tokio::spawn(receive(
+                    socket.clone(),
+                    routes.clone(),
+                    None,
+                    metrics.clone(),
+                )));
+                shared.push(socket);
+            }
+        }
+        Ok(Net {
+            shared,
+            addresses,
+            range: config.port_range(),
+            public_ip: config.public_ip(),
+            routes,
+            metrics,
+            tasks,
+        })
+    }
+
+    /// The shared sockets' addresses (none with a port range).
+    pub fn shared_addresses(&self) -> Vec<SocketAddr> {
+        self.shared
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Sockets for one participant whose local ICE ufrag is `ufrag`.
+    pub fn endpoint(&self, ufrag: &str, peer: Route) -> Result<Endpoint, CallError> {
+        let mut endpoint = Endpoint {
+            sockets: Vec::new(),
+            ufrag: ufrag.to_string(),
+            peer: peer.get_id(),
+            routes: self.routes.clone(),
+            tasks: Vec::new(),
+            public_ip: self.public_ip,
+            metrics: self.metrics.clone(),
+        };
+        match self.range {
+            None => {
+                endpoint.sockets = self.shared.clone();
+                self.routes.by_ufrag.insert(ufrag.to_string(), peer);
+            }
+            Some((min, max)) => {
+                for ip in &self.addresses {
+                    let socket = Arc::new(bind_in_range(*ip, min, max)?);
+                    endpoint.tasks.push(tokio::spawn(receive(
+                        socket.clone(),
+                        self.routes.clone(),
+                        Some(peer.clone()),
+                        self.metrics.clone(),
+                    )));
+                    endpoint.sockets.push(socket);
+                }
+            }
+        }
+        Ok(endpoint)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One participant's view of the media sockets; dropping it forgets its routes.
+pub struct Endpoint {
+    sockets: Vec<Arc<UdpSocket>>,
+    ufrag: String,
+    peer: ractor::ActorId,
+    routes: Arc<Routes>,
+    tasks: Vec<JoinHandle<()>>,
+    public_ip: Option<IpAddr>,
+    metrics: Arc<Metrics>,
+}
+
+impl Endpoint {
+    /// ICE candidates for these sockets: a host candidate for each, and a
+    /// server-reflexive one with the public IP when configured.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for socket in &self.sockets {
+            let Ok(local) = socket.local_addr() else {
+                continue;
+            };
+            match Candidate::host(local, "udp") {
+                Ok(c) => out.push(c),
+                Err(e) => tracing::warn!(%local, error = %e, "no host candidate for this address"),
+            }
+            if let Some(ip) = self.public_ip
+                && ip.is_ipv4() == local.is_ipv4()
+                && let Ok(c) =
+                    Candidate::server_reflexive(SocketAddr::new(ip, local.port()), local, "udp")
+            {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Send from the socket bound to `source`; a full socket buffer drops the
+    /// datagram (UDP: the receiver recovers as from any loss).
+    pub fn send(&self, source: SocketAddr, destination: SocketAddr, contents: &[u8]) {
+        let Some(socket) = self
+            .sockets
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|a| a == source))
+        else {
+            tracing::debug!(%source, "no socket for this source address");
+            return;
+        };
+        if let Err(e) = socket.try_send_to(contents, destination) {
+            self.metrics.rtc_send_errors.inc();
+            tracing::debug!(%destination, error = %e, "media datagram not sent");
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.routes
+            .by_ufrag
+            .remove_if(&self.ufrag, |_, r| r.get_id() == self.peer);
+        self.routes.by_addr.retain(|_, r| r.get_id() != self.peer);
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<UdpSocket, CallError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(CallError::Io)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true).map_err(CallError::Io)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| CallError::Bind(addr, e))?;
+    UdpSocket::from_std(socket.into()).map_err(CallError::Io)
+}
+
+/// A free port in `min..=max`, starting from a random one.
+fn bind_in_range(ip: IpAddr, min: u16, max: u16) -> Result<UdpSocket, CallError> {
+    let span = u32::from(max - min) + 1;
+    let start = rand::random_range(0..span);
+    for i in 0..span {
+        let port = min + ((start + i) % span) as u16;
+        if let Ok(socket) = bind(SocketAddr::new(ip, port)) {
+            return Ok(socket);
+        }
+    }
+    Err(CallError::NoPort(ip, min, max))
+}
+
+async fn receive(
+    socket: Arc<UdpSocket>,
+    routes: Arc<Routes>,
+    owner: Option<Route>,
+    metrics: Arc<Metrics>,
+) {
+    let Ok(local) = socket.local_addr() else {
+        return;
+    };
+    let mut buf = vec![0u8; RECV_BUFFER];
+    loop {
+        let (n, source) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors surface here (ECONNREFUSED from an earlier send): not fatal.
+                tracing::debug!(%local, error = %e, "media socket read error");
+                continue;
+            }
+        };
+        let at = Instant::now();
+        let data = &buf[..n];
+        let peer = match &owner {
+            Some(p) => Some(p.clone()),
+            None => routes.route(local, source, data),
+        };
+        let Some(peer) = peer else {
+            metrics.rtc_unrouted.inc();
+            continue;
+        };
+        let datagram = Datagram {
+            source,
+            destination: local,
+            at,
+            data: data.to_vec(),
+        };
+        if peer.cast(PeerMsg::Datagram(datagram)).is_err() {
+            metrics.rtc_unrouted.inc();
+        }
+    }
+}
+
+/// The local ufrag a STUN binding request is addressed to: its USERNAME is
+/// `"<receiver ufrag>:<sender ufrag>"` (RFC 8445 §7.2.2).
+pub fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
+    const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    const USERNAME: u16 = 0x0006;
+    // RFC 7983: STUN's first byte is 0..=3; the header is 20 bytes with the cookie.
+    if data.len() < 20 || data[0] > 3 || data[4..8] != MAGIC {
+        return None;
+    }
+    let length = usize::from(u16::from_be_bytes([data[2], data[3]]));
+    let body = data.get(20..20 + length)?;
+    let mut at = 0;
+    while at + 4 <= body.len() {
+        let kind = u16::from_be_bytes([body[at], body[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
+        let value = body.get(at + 4..at + 4 + len)?;
+        if kind == USERNAME {
+            let username = std::str::from_utf8(value).ok()?;
+            return username.split(':').next().filter(|u| !u.is_empty());
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stun(attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (kind, value) in attrs {
+            body.extend_from_slice(&kind.to_be_bytes());
+            body.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            body.extend_from_slice(value);
+            body.resize(body.len().div_ceil(4) * 4, 0);
+        }
+        let mut out = vec![0x00, 0x01];
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        out.extend_from_slice(&[7; 12]);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn username_names_the_receiver_first() {
+        // PRIORITY (4 bytes) then USERNAME with padding, as Chrome orders them.
+        let m = stun(&[(0x0024, &[0, 0, 0, 1]), (0x0006, b"srv1:cli")]);
+        assert_eq!(stun_local_ufrag(&m), Some("srv1"));
+        let odd = stun(&[(0x8029, &[1; 8]), (0x0006, b"abc:defgh")]);
+        assert_eq!(stun_local_ufrag(&odd), Some("abc"));
+    }
+
+    #[test]
+    fn other_packets_and_broken_stun_are_not_routed_by_ufrag() {
+        assert_eq!(stun_local_ufrag(&stun(&[(0x0024, &[0, 0, 0, 1])])), None);
+        // RTP (first byte 0x80), DTLS (22), too short, wrong cookie, truncated attribute.
+        let mut rtp = stun(&[(0x0006, b"a:b")]);
+        rtp[0] = 0x80;
+        assert_eq!(stun_local_ufrag(&rtp), None);
+        assert_eq!(stun_local_ufrag(&[22; 40]), None);
+        assert_eq!(stun_local_ufrag(&[0; 10]), None);
+        let mut cookie = stun(&[(0x0006, b"a:b")]);
+        cookie[4] = 0;
+        assert_eq!(stun_local_ufrag(&cookie), None);
+        let mut cut = stun(&[(0x0006, b"abcdefgh:ij")]);
+        cut.truncate(30);
+        assert_eq!(stun_local_ufrag(&cut), None);
+        assert_eq!(stun_local_ufrag(&stun(&[(0x0006, b":x")])), None);
+    }
+}
