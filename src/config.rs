@@ -943,20 +943,14 @@ fn apply_env(
                         format!("expected true or false, got {raw:?} (from {name})"),
                     )
                 })?,
-            Value::Array(_) => {
-                let items: Result<Vec<Value>, _> = raw
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.parse::<i64>().map(Value::Integer))
-                    .collect();
-                Value::Array(items.map_err(|_| {
-                    invalid(
-                        &path,
-                        format!("expected comma-separated integers, got {raw:?} (from {name})"),
-                    )
-                })?)
-            }
+            Value::Array(_) => env_array(&raw).ok_or_else(|| {
+                invalid(
+                    &path,
+                    format!(
+                        "expected comma-separated values or a TOML array, got {raw:?} (from {name})"
+                    ),
+                )
+            })?,
             _ => {
                 return Err(invalid(
                     &path,
@@ -968,9 +962,42 @@ fn apply_env(
     Ok(())
 }
 
+/// An array from the environment: TOML (`["a", "b"]`, `[1, 2]`) or comma-separated
+/// items, each an integer when it reads as one and a string otherwise.
+fn env_array(raw: &str) -> Option<Value> {
+    let raw = raw.trim();
+    if raw.starts_with('[') {
+        let table: Table = format!("v = {raw}").parse().ok()?;
+        return table.get("v").filter(|v| v.is_array()).cloned();
+    }
+    let items = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<i64>()
+                .map(Value::Integer)
+                .unwrap_or_else(|_| Value::String(s.to_string()))
+        })
+        .collect();
+    Some(Value::Array(items))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrays_from_the_environment() {
+        let ints = Value::Array(vec![Value::Integer(1), Value::Integer(2)]);
+        assert_eq!(env_array("1, 2"), Some(ints.clone()));
+        assert_eq!(env_array("[1, 2]"), Some(ints));
+        let strs = Value::Array(vec![Value::String("127.0.0.1".into()), Value::String("::1".into())]);
+        assert_eq!(env_array("127.0.0.1,::1"), Some(strs.clone()));
+        assert_eq!(env_array(r#"["127.0.0.1", "::1"]"#), Some(strs));
+        assert_eq!(env_array(""), Some(Value::Array(vec![])));
+        assert_eq!(env_array("[1,"), None);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -9,11 +9,14 @@
 //!                              "degraded" (still 200) while the message bus is down
 //! POST     /api/broadcast, /api/events, /api/disconnect; GET /api/presence/{topic}
 //!                              the server API (api.rs), with an API key
+//! GET      /assets/phoenix.mjs, /assets/call.js, /calls/demo
+//!                              embedded scripts and the call demo page (assets.rs)
 //! GET      /media/...          transcoded media in local storage (read-only, ranges,
 //!                              CORS open), so HLS plays out of the box
 //! ```
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod longpoll;
 pub mod transport;
@@ -54,6 +57,7 @@ pub fn app(hub: Arc<Hub>) -> Router {
         .route("/api/messages/{id}", delete(api::delete_message))
         .route("/api/media/{id}", get(api::media))
         .route("/api/jobs", get(api::jobs))
+        .merge(assets::routes(hub.calls.is_some()))
         .with_state(hub);
     match media_root {
         Some(root) => router.nest_service(
