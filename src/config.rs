@@ -1061,7 +1061,7 @@ mod tests {
             "{e}"
         );
         let e = Config::load_from(None, env(&[("ARMORICORE_BUS__BACKOFF_MS", "1,x")])).unwrap_err();
-        assert!(e.to_string().starts_with("bus.backoff_ms:"), "{e}");
+        assert!(e.to_string().starts_with("bus.backoff_ms[1]: invalid type"), "{e}");
         let e = Config::load_from(None, env(&[("ARMORICORE_MEDIA__SEGMENT_S", "5")])).unwrap_err();
         assert!(
             e.to_string()
