@@ -992,7 +992,10 @@ mod tests {
         let ints = Value::Array(vec![Value::Integer(1), Value::Integer(2)]);
         assert_eq!(env_array("1, 2"), Some(ints.clone()));
         assert_eq!(env_array("[1, 2]"), Some(ints));
-        let strs = Value::Array(vec![Value::String("127.0.0.1".into()), Value::String("::1".into())]);
+        let strs = Value::Array(vec![
+            Value::String("127.0.0.1".into()),
+            Value::String("::1".into()),
+        ]);
         assert_eq!(env_array("127.0.0.1,::1"), Some(strs.clone()));
         assert_eq!(env_array(r#"["127.0.0.1", "::1"]"#), Some(strs));
         assert_eq!(env_array(""), Some(Value::Array(vec![])));
@@ -1061,7 +1064,10 @@ mod tests {
             "{e}"
         );
         let e = Config::load_from(None, env(&[("ARMORICORE_BUS__BACKOFF_MS", "1,x")])).unwrap_err();
-        assert!(e.to_string().starts_with("bus.backoff_ms[1]: invalid type"), "{e}");
+        assert!(
+            e.to_string().starts_with("bus.backoff_ms[1]: invalid type"),
+            "{e}"
+        );
         let e = Config::load_from(None, env(&[("ARMORICORE_MEDIA__SEGMENT_S", "5")])).unwrap_err();
         assert!(
             e.to_string()

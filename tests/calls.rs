@@ -423,3 +423,93 @@ async fn calls_can_be_turned_off() {
         "calls are not enabled on this node"
     );
 }
+
+/// The port of the server's host candidate in an SDP.
+fn candidate_port(sdp: &str) -> u16 {
+    let line = sdp
+        .lines()
+        .find(|l| l.starts_with("a=candidate:") && l.contains(" typ host"))
+        .unwrap_or_else(|| panic!("no host candidate in {sdp}"));
+    line.split_whitespace().nth(5).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_range_gives_each_participant_its_own_port_and_mutes_reach_the_others() {
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    let node = TestNode::start_with(|c| {
+        c.calls.addresses = vec!["127.0.0.1".parse().unwrap()];
+        c.calls.port_min = base;
+        c.calls.port_max = base + 9;
+    })
+    .await;
+    assert!(
+        node.node()
+            .hub()
+            .calls
+            .as_ref()
+            .unwrap()
+            .net
+            .shared_addresses()
+            .is_empty()
+    );
+    let alice = CallClient::join(&node, "alice", "ports", AV).await;
+    let bob = CallClient::join(&node, "bob", "ports", AV).await;
+    let both = [&alice, &bob];
+    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 0, 1000));
+    tokio::select! {
+        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
+        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
+    }
+    let port = |c: &CallClient| candidate_port(c.pushed("call_answer")[0]["sdp"].as_str().unwrap());
+    let (a, b) = (port(&alice), port(&bob));
+    assert!(
+        (base..=base + 9).contains(&a) && (base..=base + 9).contains(&b),
+        "{a} {b}"
+    );
+    assert_ne!(a, b);
+
+    // Bob says he muted his camera: Alice is told.
+    let reply = bob
+        .request("track_muted", json!({"kind": "video", "muted": true}))
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let muted = alice
+        .wait_push(
+            "track_muted",
+            |p| p["reason"] == "client",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(muted["participant_id"], bob.participant_id.as_str());
+    assert_eq!(
+        (muted["kind"].as_str(), muted["muted"].as_bool()),
+        (Some("video"), Some(true))
+    );
+
+    // Bob's video stops without a word (audio goes on): after 1.5 s the SFU
+    // tells Alice it paused, and that it resumed when it comes back.
+    send_media(&bob, &[Kind::Audio], 1000, 250).await;
+    let paused = alice
+        .wait_push(
+            "track_muted",
+            |p| p["reason"] == "paused",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(
+        (paused["kind"].as_str(), paused["muted"].as_bool()),
+        (Some("video"), Some(true))
+    );
+    send_media(&bob, &[Kind::Audio, Kind::Video], 1250, 50).await;
+    alice
+        .wait_push(
+            "track_muted",
+            |p| p["reason"] == "paused" && p["muted"] == false,
+            Duration::from_secs(5),
+        )
+        .await;
+    let none = bob
+        .request("track_muted", json!({"mid": "nope", "muted": true}))
+        .await;
+    assert_eq!(none["response"]["reason"], "no published track matches");
+}

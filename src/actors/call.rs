@@ -47,6 +47,13 @@ pub enum CallMsg {
     },
     Published(TrackInfo),
     Unpublished(TrackId),
+    /// A publisher's track went silent or came back (`reason`: `client` when it
+    /// said so, `paused` when its packets stopped for 1.5 s).
+    Muted {
+        track: TrackId,
+        muted: bool,
+        reason: &'static str,
+    },
     /// Sent `empty_grace_ms` after the call became empty (the number tells
     /// which time it became empty).
     CheckEmpty(u64),
@@ -190,6 +197,20 @@ impl CallState {
         }
     }
 
+    fn muted(&self, id: TrackId, muted: bool, reason: &str) {
+        let Some(track) = self.tracks.iter().find(|t| t.id == id) else {
+            return;
+        };
+        let payload = json!({
+            "participant_id": track.participant,
+            "track_id": track.id,
+            "kind": kind_name(track.kind),
+            "muted": muted,
+            "reason": reason,
+        });
+        self.push_others(&track.publisher.get_id(), "track_muted", &payload);
+    }
+
     /// A Peer actor ended (`Ok(stop reason)`) or failed (`Err`): the
     /// participant is out of the call.
     fn left(
@@ -313,6 +334,12 @@ impl Actor for Call {
                             reply,
                         },
                         Signal::Candidate(c) => PeerMsg::Candidate(c, reply),
+                        Signal::Mute { kind, mid, muted } => PeerMsg::Mute {
+                            kind,
+                            mid,
+                            muted,
+                            reply,
+                        },
                     };
                     // A peer that is gone drops the reply port: the caller sees NotInCall.
                     let _ = p.peer.cast(msg);
@@ -320,6 +347,11 @@ impl Actor for Call {
             },
             CallMsg::Published(track) => state.published(track),
             CallMsg::Unpublished(id) => state.unpublished(id),
+            CallMsg::Muted {
+                track,
+                muted,
+                reason,
+            } => state.muted(track, muted, reason),
             CallMsg::CheckEmpty(n) => {
                 if state.participants.is_empty() && n == state.emptied {
                     state.ended = true;

@@ -51,6 +51,8 @@ pub enum CallError {
     Sdp(String),
     #[error("invalid ICE candidate: {0}")]
     Candidate(String),
+    #[error("no published track matches")]
+    NoSuchTrack,
     #[error("no offer is waiting for an answer")]
     NoPendingOffer,
     #[error("this answer is for offer {got}, the pending offer is {pending}")]
@@ -71,8 +73,17 @@ pub enum CallError {
 #[derive(Debug)]
 pub enum Signal {
     Offer(String),
-    Answer { sdp: String, offer_id: Option<u64> },
+    Answer {
+        sdp: String,
+        offer_id: Option<u64>,
+    },
     Candidate(String),
+    /// The client muted or unmuted its tracks of `kind` (all when `None`) or on `mid`.
+    Mute {
+        kind: Option<MediaKind>,
+        mid: Option<String>,
+        muted: bool,
+    },
 }
 
 /// Where a participant's signaling events go: its connection, on the call topic.

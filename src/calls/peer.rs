@@ -50,6 +50,12 @@ pub enum PeerMsg {
         reply: RpcReplyPort<Result<(), CallError>>,
     },
     Candidate(String, RpcReplyPort<Result<(), CallError>>),
+    Mute {
+        kind: Option<MediaKind>,
+        mid: Option<String>,
+        muted: bool,
+        reply: RpcReplyPort<Result<(), CallError>>,
+    },
     /// Receive this remote track (negotiated with the next server offer).
     Subscribe(Arc<TrackInfo>),
     /// Stop receiving it (its publisher stopped or left).
@@ -87,6 +93,8 @@ struct Published {
     kind: MediaKind,
     subscribers: Vec<ActorRef<PeerMsg>>,
     last_keyframe_request: Option<Instant>,
+    /// No packets for a while (str0m's StreamPaused).
+    paused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +264,18 @@ impl PeerState {
                     let _ = info.publisher.cast(PeerMsg::Keyframe(info.mid, req.kind));
                 }
             }
+            Event::StreamPaused(p) => {
+                if let Some(track) = self.published.get_mut(&p.mid)
+                    && track.paused != p.paused
+                {
+                    track.paused = p.paused;
+                    let _ = self.call.cast(CallMsg::Muted {
+                        track: track.id,
+                        muted: p.paused,
+                        reason: "paused",
+                    });
+                }
+            }
             Event::MediaEgressStats(s) => {
                 let seen = self.nacks.entry(s.mid).or_default();
                 if s.nacks > *seen {
@@ -276,6 +296,7 @@ impl PeerState {
                 kind,
                 subscribers: Vec::new(),
                 last_keyframe_request: None,
+                paused: false,
             },
         );
         self.calls.metrics.rtc_tracks.inc();
@@ -505,6 +526,31 @@ impl PeerState {
         Ok(())
     }
 
+    fn on_mute(
+        &mut self,
+        kind: Option<MediaKind>,
+        mid: Option<&str>,
+        muted: bool,
+    ) -> Result<(), CallError> {
+        let mut any = false;
+        for (m, track) in &self.published {
+            if kind.is_some_and(|k| k != track.kind) || mid.is_some_and(|x| x != m.to_string()) {
+                continue;
+            }
+            any = true;
+            let _ = self.call.cast(CallMsg::Muted {
+                track: track.id,
+                muted,
+                reason: "client",
+            });
+        }
+        if any {
+            Ok(())
+        } else {
+            Err(CallError::NoSuchTrack)
+        }
+    }
+
     fn on_candidate(&mut self, candidate: &str) -> Result<(), CallError> {
         let line = candidate.trim();
         let line = line.strip_prefix("a=").unwrap_or(line);
@@ -709,6 +755,14 @@ impl Actor for Peer {
             }
             PeerMsg::Candidate(c, reply) => {
                 let _ = reply.send(state.on_candidate(&c));
+            }
+            PeerMsg::Mute {
+                kind,
+                mid,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(state.on_mute(kind, mid.as_deref(), muted));
             }
             PeerMsg::Subscribe(info) => {
                 state.subscribed.entry(info.id).or_insert(Subscribed {

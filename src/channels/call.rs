@@ -7,12 +7,14 @@
 //! | `call_offer {sdp, type}` | `{}` | `call_answer {sdp, type}` |
 //! | `call_answer {sdp, type, offer_id}` | `{}` | `call_offer {sdp, type, offer_id, tracks}` (new tracks) |
 //! | `ice_candidate {candidate, sdp_mid, sdp_m_line_index}` | `{}` | — (ICE-lite: the server's candidates are in its SDP) |
+//! | `track_muted {kind?, mid?, muted}` | `{}` | `track_muted {participant_id, track_id, kind, muted, reason}` |
 //! | `call_end` | `{}` | `call_end {reason}` when the server drops you, `track_ended` |
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
+use str0m::media::MediaKind;
 
 use super::{Channel, ChannelCtx, ChannelError, Reply};
 use crate::calls::{CallError, Calls, Signal, SignalTarget, TOPIC_PREFIX};
@@ -66,6 +68,23 @@ fn signal(event: &str, payload: &Value) -> Result<Signal, String> {
             },
             Some(_) => Err("candidate must be a string".into()),
         },
+        "track_muted" => {
+            let muted = payload
+                .get("muted")
+                .and_then(Value::as_bool)
+                .ok_or("muted must be true or false")?;
+            let kind = match payload.get("kind").and_then(Value::as_str) {
+                None => None,
+                Some("audio") => Some(MediaKind::Audio),
+                Some("video") => Some(MediaKind::Video),
+                Some(_) => return Err("kind must be \"audio\" or \"video\"".into()),
+            };
+            let mid = payload
+                .get("mid")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            Ok(Signal::Mute { kind, mid, muted })
+        }
         other => Err(format!("unknown event {other:?}")),
     }
 }
@@ -158,6 +177,16 @@ mod tests {
             Ok(Signal::Candidate(c)) if c.is_empty()
         ));
         assert!(signal("ice_candidate", &json!({"candidate": 5})).is_err());
+        assert!(matches!(
+            signal("track_muted", &json!({"kind": "video", "muted": true})),
+            Ok(Signal::Mute {
+                kind: Some(MediaKind::Video),
+                mid: None,
+                muted: true
+            })
+        ));
+        assert!(signal("track_muted", &json!({"kind": "smell", "muted": true})).is_err());
+        assert!(signal("track_muted", &json!({"kind": "audio"})).is_err());
         assert!(signal("hello", &json!({})).is_err());
     }
 }
