@@ -13,6 +13,8 @@
 //!   the server's RSS per connection and CPU per connection-hour.
 //! - `connect`: a connect + JWT + join storm; connects/s and p50/p99/max latency.
 //! - `fanout`, `rooms`, `presence`: broadcast delivery, many small rooms, join storms.
+//! - `calls`: RTP packets the SFU forwards per CPU-second and the latency it adds,
+//!   str0m peers in process against a direct peer-to-peer baseline (see `calls.rs`).
 //! - `bus`: events/s through the NATS bridge, against a bare JetStream worker (in
 //!   process, no workers; see `bus.rs`).
 //!
@@ -24,6 +26,8 @@ use clap::{Args, Parser, Subcommand};
 
 #[path = "armoricore-bench/bus.rs"]
 mod bus;
+#[path = "armoricore-bench/calls.rs"]
+mod calls;
 #[path = "armoricore-bench/coordinator.rs"]
 mod coordinator;
 #[path = "armoricore-bench/driver.rs"]
@@ -75,6 +79,9 @@ enum Command {
     /// Push notifications/s to a local FCM stand-in with a window of jobs in
     /// flight, and each job's latency, against a bare FCM client in the same run.
     Notify(notify::NotifyArgs),
+    /// RTP through the call SFU: packets per node CPU-second and added latency,
+    /// against a direct peer-to-peer baseline.
+    Calls(calls::CallsArgs),
     /// Internal: one worker process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -262,6 +269,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bus(args) => bus::run(args).await,
             Command::Notify(args) => notify::run(args).await,
+            Command::Calls(args) => calls::run(args).await,
             Command::Worker => worker::main().await,
         }
     })
