@@ -9,11 +9,13 @@
 //!   - [`supervisors::sessions`]: parent of every connection's Session.
 //!   - [`supervisors::policy`]: permanent / transient / temporary, restart intensity.
 //!   - [`supervisors::tasks`]: one actor per task (AI jobs), crashes counted.
+//!   - [`supervisors::calls`]: parent of every Call actor.
 //! - [`actors`]: one unit of work each.
 //!   - [`actors::session`]: one per connection; runs its channels, contains their crashes.
 //!   - [`actors::presence`]: Phoenix.Presence state and diffs.
 //!   - [`actors::gateway`]: the HTTP listener.
 //!   - [`actors::bridge`]: BusBridge: work events to their handlers, results to pushes.
+//!   - [`actors::call`]: one per call: its participants, their tracks, the wiring.
 //! - [`channels`]: the `Channel` trait, the topic router, and the standard topics
 //!   (`chat:room:*`, `comments:stream:*`, `presence:room:*`, `user:*`) in [`channels::rooms`].
 //! - [`pubsub`]: topic registry and broadcast fan-out (encode once, queue the same
@@ -32,6 +34,9 @@
 //!   classified from the providers' own answers.
 //! - [`ai`]: transcription (OpenAI-compatible), translation (OpenAI, Anthropic),
 //!   SRT/WebVTT captions, chat moderation; the jobs are in [`actors::ai`].
+//! - [`calls`]: the WebRTC SFU: [`calls::peer`] (one actor per participant, a str0m
+//!   connection), [`calls::net`] (UDP sockets, one port for all), `signaling:call:*`
+//!   in [`channels::call`].
 //! - [`media`]: transcoding with ffmpeg, storage, fetching a job's input.
 //! - [`cluster`]: Redis pub/sub between nodes (broadcasts, heartbeats) with `REDIS_URL`.
 //! - [`limits`]: token buckets for joins and client events, per connection and per user.

@@ -20,7 +20,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, SeqNo, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
@@ -95,6 +95,8 @@ struct Published {
     last_keyframe_request: Option<Instant>,
     /// No packets for a while (str0m's StreamPaused).
     paused: bool,
+    /// A simulcast publisher's layer that is forwarded (the first to arrive).
+    layer: Option<Rid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,8 +151,8 @@ pub struct PeerState {
     connect_by: Instant,
     published: HashMap<Mid, Published>,
     subscribed: HashMap<TrackId, Subscribed>,
-    /// Incoming SSRC → the m-line it arrives on.
-    ssrc_mids: HashMap<Ssrc, Mid>,
+    /// Incoming SSRC → the m-line it arrives on (and its simulcast rid).
+    ssrc_mids: HashMap<Ssrc, (Mid, Option<Rid>)>,
     /// Egress NACK counters per m-line, to count new ones.
     nacks: HashMap<Mid, u64>,
     events: VecDeque<Event>,
@@ -297,6 +299,7 @@ impl PeerState {
                 subscribers: Vec::new(),
                 last_keyframe_request: None,
                 paused: false,
+                layer: None,
             },
         );
         self.calls.metrics.rtc_tracks.inc();
@@ -317,23 +320,33 @@ impl PeerState {
         }
     }
 
-    fn mid_of(&mut self, ssrc: Ssrc) -> Option<Mid> {
-        if let Some(mid) = self.ssrc_mids.get(&ssrc) {
-            return Some(*mid);
+    fn mid_of(&mut self, ssrc: Ssrc) -> Option<(Mid, Option<Rid>)> {
+        if let Some(found) = self.ssrc_mids.get(&ssrc) {
+            return Some(*found);
         }
-        let mid = self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid())?;
-        self.ssrc_mids.insert(ssrc, mid);
-        Some(mid)
+        let found = self
+            .rtc
+            .direct_api()
+            .stream_rx(&ssrc)
+            .map(|s| (s.mid(), s.rid()))?;
+        self.ssrc_mids.insert(ssrc, found);
+        Some(found)
     }
 
     fn publish_rtp(&mut self, p: RtpPacket) {
-        let Some(mid) = self.mid_of(p.header.ssrc) else {
+        let Some((mid, rid)) = self.mid_of(p.header.ssrc) else {
             return;
         };
-        let Some(track) = self.published.get(&mid) else {
+        let Some(track) = self.published.get_mut(&mid) else {
             return;
         };
         self.calls.metrics.rtc_packets_in.inc();
+        // Simulcast: one layer reaches subscribers (no layer switching yet).
+        if let Some(rid) = rid
+            && *track.layer.get_or_insert(rid) != rid
+        {
+            return;
+        }
         if track.subscribers.is_empty() {
             return;
         }
