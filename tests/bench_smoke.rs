@@ -133,3 +133,39 @@ fn the_notify_scenario_runs_against_its_fcm_stand_in() {
         );
     }
 }
+
+#[test]
+fn the_calls_scenario_forwards_through_the_sfu() {
+    let out = Command::new(env!("CARGO_BIN_EXE_armoricore-bench"))
+        .args([
+            "calls",
+            "--participants",
+            "3",
+            "--pps",
+            "50",
+            "--seconds",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("armoricore-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "calls failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let sfu = &result["armoricore"];
+    // 3 participants × 2 subscribers × 50 pps, nearly all of it delivered.
+    assert!(sfu["delivered_ratio"].as_f64().unwrap() > 0.9, "{result}");
+    assert!(sfu["packets_per_cpu_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(
+        sfu["latency"]["samples"].as_u64().unwrap() > 400,
+        "{result}"
+    );
+    assert!(
+        result["direct"]["samples"].as_u64().unwrap() > 50,
+        "{result}"
+    );
+}

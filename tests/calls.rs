@@ -513,3 +513,34 @@ async fn a_port_range_gives_each_participant_its_own_port_and_mutes_reach_the_ot
         .await;
     assert_eq!(none["response"]["reason"], "no published track matches");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_one_to_one_nat_the_public_address_is_announced_and_works() {
+    // The node binds 127.0.0.1:P and announces 127.0.0.2:P; a relay on
+    // 127.0.0.2:P stands for the NAT (each client through its own mapping).
+    let node = TestNode::start_with(|c| {
+        c.calls.addresses = vec!["127.0.0.1".parse().unwrap()];
+        c.calls.public_ip = "127.0.0.2".into();
+    })
+    .await;
+    let private = media_addr(&node);
+    let public: std::net::SocketAddr = format!("127.0.0.2:{}", private.port()).parse().unwrap();
+    let _nat = UdpRelay::start_on(public, private).await;
+    let alice = CallClient::join(&node, "alice", "nat", AV).await;
+    let bob = CallClient::join(&node, "bob", "nat", AV).await;
+    let answer = alice
+        .wait_push("call_answer", |_| true, Duration::from_secs(5))
+        .await;
+    let sdp = answer["sdp"].as_str().unwrap();
+    assert!(
+        sdp.contains(&format!("127.0.0.2 {} typ host", private.port())),
+        "{sdp}"
+    );
+    assert!(!sdp.contains("127.0.0.1"), "{sdp}");
+    let both = [&alice, &bob];
+    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 0, 1000));
+    tokio::select! {
+        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
+        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
+    }
+}

@@ -12,13 +12,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde_json::{Map, Value, json};
 
 use crate::bus::events;
-use crate::calls::peer::{Peer, PeerArgs, PeerMsg};
+use crate::calls::peer::{Peer, PeerArgs, PeerMsg, Subscriber};
 use crate::calls::{CallError, Calls, Signal, SignalTarget, TrackId, TrackInfo, kind_name};
 use crate::pubsub::SessionId;
 
@@ -64,6 +65,7 @@ struct Participant {
     user_id: Arc<str>,
     session: SessionId,
     peer: ActorRef<PeerMsg>,
+    backlog: Arc<AtomicUsize>,
     signal: SignalTarget,
     /// Why it is leaving, when the call asked it to.
     leaving: Option<&'static str>,
@@ -89,8 +91,11 @@ impl CallState {
         self.calls.outlet.emit(subject, payload);
     }
 
+    /// This connection's participant (not one already on its way out).
     fn by_session(&self, session: SessionId) -> Option<&Participant> {
-        self.participants.values().find(|p| p.session == session)
+        self.participants
+            .values()
+            .find(|p| p.session == session && p.leaving.is_none())
     }
 
     fn push_others(&self, except: &ActorId, event: &str, payload: &Value) {
@@ -123,7 +128,9 @@ impl CallState {
             return Err(CallError::Full(max));
         }
         let participant: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+        let backlog = Arc::new(AtomicUsize::new(0));
         let args = PeerArgs {
+            backlog: backlog.clone(),
             participant: participant.clone(),
             user_id: user_id.clone(),
             call: myself.clone(),
@@ -134,11 +141,15 @@ impl CallState {
             .await
             .map_err(|e| CallError::Internal(format!("participant did not start: {e}")))?;
         let others = self.roster();
+        let subscriber = Subscriber {
+            peer: peer.clone(),
+            backlog: backlog.clone(),
+        };
         for track in &self.tracks {
             let _ = peer.cast(PeerMsg::Subscribe(track.clone()));
             let _ = track.publisher.cast(PeerMsg::AddSubscriber {
                 mid: track.mid,
-                subscriber: peer.clone(),
+                subscriber: subscriber.clone(),
             });
         }
         let joined = json!({"participant_id": participant, "user_id": user_id});
@@ -150,6 +161,7 @@ impl CallState {
                 user_id: user_id.clone(),
                 session,
                 peer,
+                backlog,
                 signal,
                 leaving: None,
             },
@@ -172,7 +184,10 @@ impl CallState {
                 let _ = p.peer.cast(PeerMsg::Subscribe(track.clone()));
                 let _ = track.publisher.cast(PeerMsg::AddSubscriber {
                     mid: track.mid,
-                    subscriber: p.peer.clone(),
+                    subscriber: Subscriber {
+                        peer: p.peer.clone(),
+                        backlog: p.backlog.clone(),
+                    },
                 });
             }
         }

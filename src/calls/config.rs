@@ -81,6 +81,12 @@ impl CallsConfig {
             self.public_ip
                 .parse::<IpAddr>()
                 .map_err(|e| invalid("public_ip", format!("{e}: expected an IP address")))?;
+            if self.addresses.len() > 1 {
+                return Err(invalid(
+                    "public_ip",
+                    "stands for one address: set at most one in calls.addresses",
+                ));
+            }
         }
         for (i, a) in self.addresses.iter().enumerate() {
             if a.is_unspecified() || a.is_multicast() {
@@ -115,19 +121,24 @@ impl CallsConfig {
 
     /// The addresses to bind: the configured ones, or loopback plus the address
     /// of the default route (found by "connecting" a UDP socket; nothing is sent).
+    /// With `public_ip`, only the default route's: the public IP stands for it.
     pub fn bind_addresses(&self) -> Vec<IpAddr> {
         if !self.addresses.is_empty() {
             return self.addresses.clone();
         }
-        let mut out = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let mut out = Vec::new();
+        if self.public_ip().is_none() {
+            out.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
         let routed = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
             .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|_| s))
             .and_then(|s| s.local_addr());
-        if let Ok(addr) = routed
-            && !addr.ip().is_loopback()
-            && !addr.ip().is_unspecified()
-        {
-            out.push(addr.ip());
+        match routed {
+            Ok(addr) if !addr.ip().is_loopback() && !addr.ip().is_unspecified() => {
+                out.push(addr.ip())
+            }
+            _ if out.is_empty() => out.push(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            _ => {}
         }
         out
     }
@@ -155,6 +166,21 @@ mod tests {
         assert!(err("PORT_MIN", "5000").starts_with("calls.port_min:"));
         assert!(err("MAX_PARTICIPANTS", "1").starts_with("calls.max_participants:"));
         assert!(err("PUBLIC_IP", "nope").starts_with("calls.public_ip:"));
+        let two = [
+            (
+                "ARMORICORE_CALLS__PUBLIC_IP".to_string(),
+                "203.0.113.7".to_string(),
+            ),
+            (
+                "ARMORICORE_CALLS__ADDRESSES".to_string(),
+                "10.0.0.5,10.0.0.6".to_string(),
+            ),
+        ];
+        let e = Config::load_from(None, two).unwrap_err().to_string();
+        assert!(
+            e.starts_with("calls.public_ip: stands for one address"),
+            "{e}"
+        );
         assert!(err("ADDRESSES", "[\"0.0.0.0\"]").starts_with("calls.addresses[0]:"));
         assert!(err("VIDEO_CODECS", "[\"theora\"]").starts_with("calls.video_codecs[0]:"));
     }

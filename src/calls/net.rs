@@ -5,13 +5,23 @@
 //! port and everything arriving there is its own.
 //!
 //! ```text
-//! UdpSocket ─recv task─┬─ STUN "ourUfrag:theirUfrag" → by_ufrag → learn (local, source)
-//!                      └─ anything else → by_addr[(local, source)] → Peer mailbox
-//! Peer ─Transmit{source, destination}→ the socket bound to `source` (try_send_to)
+//! UdpSocket ─recv task─┬─ STUN "ourUfrag:theirUfrag" → by_ufrag ─┐
+//!                      └─ anything else → by_addr[(local, source)] ─┴→ Peer mailbox
+//! Peer ─Transmit{source, destination}→ the socket announced as `source` (try_send_to);
+//!       the first datagram the Peer's WebRTC stack sends to an address adds that
+//!       address to by_addr (so only checks it accepted, MESSAGE-INTEGRITY and all,
+//!       route media to it).
 //! ```
+//!
+//! With `calls.public_ip` (1:1 NAT) the socket's address is announced as the
+//! public IP with the same port; datagrams reach the Peer addressed to the public
+//! address, and what the Peer sends from it leaves from the socket. ICE-lite only
+//! keeps host candidates, so this is how a NAT'd node is reachable.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dashmap::DashMap;
@@ -38,29 +48,72 @@ pub struct Datagram {
     pub data: Vec<u8>,
 }
 
-type Route = ActorRef<PeerMsg>;
+/// Datagrams that may wait in one Peer's mailbox; beyond, new ones are dropped
+/// (a flood on one participant's address must not grow memory without bound).
+const MAX_QUEUED: usize = 4096;
+
+/// A Peer's mailbox, and how many datagrams wait in it.
+#[derive(Clone)]
+pub struct Inbox {
+    pub peer: ActorRef<PeerMsg>,
+    pub queued: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    /// Queue a datagram unless too many wait already.
+    fn deliver(&self, datagram: Datagram, metrics: &Metrics) {
+        if self.queued.load(Ordering::Relaxed) >= MAX_QUEUED {
+            metrics.rtc_dropped.with_label_values(&["peer_busy"]).inc();
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.peer.cast(PeerMsg::Datagram(datagram)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            metrics.rtc_unrouted.inc();
+        }
+    }
+}
 
 #[derive(Default)]
 struct Routes {
-    by_ufrag: DashMap<String, Route>,
-    by_addr: DashMap<(SocketAddr, SocketAddr), Route>,
+    by_ufrag: DashMap<String, Inbox>,
+    by_addr: DashMap<(SocketAddr, SocketAddr), Inbox>,
 }
 
 impl Routes {
-    fn route(&self, local: SocketAddr, source: SocketAddr, data: &[u8]) -> Option<Route> {
-        if let Some(ufrag) = stun_local_ufrag(data) {
-            let peer = self.by_ufrag.get(ufrag)?.clone();
-            // ICE checks come first, so media from this address finds its peer.
-            self.by_addr.insert((local, source), peer.clone());
-            return Some(peer);
+    fn route(&self, local: SocketAddr, source: SocketAddr, data: &[u8]) -> Option<Inbox> {
+        if let Some(ufrag) = stun_local_ufrag(data)
+            && let Some(inbox) = self.by_ufrag.get(ufrag)
+        {
+            return Some(inbox.clone());
         }
         self.by_addr.get(&(local, source)).map(|r| r.clone())
     }
 }
 
+/// A bound socket and the address it is announced as.
+#[derive(Clone)]
+struct Socket {
+    udp: Arc<UdpSocket>,
+    local: SocketAddr,
+    announced: SocketAddr,
+}
+
+impl Socket {
+    fn new(udp: UdpSocket, public_ip: Option<IpAddr>) -> Result<Socket, CallError> {
+        let local = udp.local_addr().map_err(CallError::Io)?;
+        let announced = public_ip.map_or(local, |ip| SocketAddr::new(ip, local.port()));
+        Ok(Socket {
+            udp: Arc::new(udp),
+            local,
+            announced,
+        })
+    }
+}
+
 /// The node's media sockets.
 pub struct Net {
-    shared: Vec<Arc<UdpSocket>>,
+    shared: Vec<Socket>,
     addresses: Vec<IpAddr>,
     range: Option<(u16, u16)>,
     public_ip: Option<IpAddr>,
@@ -76,6 +129,7 @@ impl Net {
         metrics: Arc<Metrics>,
     ) -> Result<Net, CallError> {
         let addresses = config.bind_addresses();
+        let public_ip = config.public_ip();
         let routes = Arc::new(Routes::default());
         let mut shared = Vec::new();
         let mut tasks = Vec::new();
@@ -83,9 +137,8 @@ impl Net {
             // With port 0 the first address picks the port and the others follow it.
             let mut port = config.udp_port;
             for ip in &addresses {
-                let socket = bind(SocketAddr::new(*ip, port))?;
-                port = socket.local_addr().map_err(CallError::Io)?.port();
-                let socket = Arc::new(socket);
+                let socket = Socket::new(bind(SocketAddr::new(*ip, port))?, public_ip)?;
+                port = socket.local.port();
                 tasks.push(tokio::spawn(receive(
                     socket.clone(),
                     routes.clone(),
@@ -99,44 +152,42 @@ impl Net {
             shared,
             addresses,
             range: config.port_range(),
-            public_ip: config.public_ip(),
+            public_ip,
             routes,
             metrics,
             tasks,
         })
     }
 
-    /// The shared sockets' addresses (none with a port range).
+    /// The shared sockets' bound addresses (none with a port range).
     pub fn shared_addresses(&self) -> Vec<SocketAddr> {
-        self.shared
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        self.shared.iter().map(|s| s.local).collect()
     }
 
     /// Sockets for one participant whose local ICE ufrag is `ufrag`.
-    pub fn endpoint(&self, ufrag: &str, peer: Route) -> Result<Endpoint, CallError> {
+    pub fn endpoint(&self, ufrag: &str, inbox: Inbox) -> Result<Endpoint, CallError> {
         let mut endpoint = Endpoint {
             sockets: Vec::new(),
             ufrag: ufrag.to_string(),
-            peer: peer.get_id(),
+            inbox: inbox.clone(),
             routes: self.routes.clone(),
+            shared: self.range.is_none(),
+            learned: HashSet::new(),
             tasks: Vec::new(),
-            public_ip: self.public_ip,
             metrics: self.metrics.clone(),
         };
         match self.range {
             None => {
                 endpoint.sockets = self.shared.clone();
-                self.routes.by_ufrag.insert(ufrag.to_string(), peer);
+                self.routes.by_ufrag.insert(ufrag.to_string(), inbox);
             }
             Some((min, max)) => {
                 for ip in &self.addresses {
-                    let socket = Arc::new(bind_in_range(*ip, min, max)?);
+                    let socket = Socket::new(bind_in_range(*ip, min, max)?, self.public_ip)?;
                     endpoint.tasks.push(tokio::spawn(receive(
                         socket.clone(),
                         self.routes.clone(),
-                        Some(peer.clone()),
+                        Some(inbox.clone()),
                         self.metrics.clone(),
                     )));
                     endpoint.sockets.push(socket);
@@ -157,51 +208,63 @@ impl Drop for Net {
 
 /// One participant's view of the media sockets; dropping it forgets its routes.
 pub struct Endpoint {
-    sockets: Vec<Arc<UdpSocket>>,
+    sockets: Vec<Socket>,
     ufrag: String,
-    peer: ractor::ActorId,
+    inbox: Inbox,
     routes: Arc<Routes>,
+    /// On the shared sockets (routed by ufrag and address), not its own.
+    shared: bool,
+    /// (local socket, remote) pairs already routed to this participant.
+    learned: HashSet<(SocketAddr, SocketAddr)>,
     tasks: Vec<JoinHandle<()>>,
-    public_ip: Option<IpAddr>,
     metrics: Arc<Metrics>,
 }
 
 impl Endpoint {
-    /// ICE candidates for these sockets: a host candidate for each, and a
-    /// server-reflexive one with the public IP when configured.
+    /// ICE host candidates: each socket as it is announced (its own address, or
+    /// the public IP). ICE-lite keeps host candidates only.
     pub fn candidates(&self) -> Vec<Candidate> {
         let mut out = Vec::new();
         for socket in &self.sockets {
-            let Ok(local) = socket.local_addr() else {
-                continue;
-            };
-            match Candidate::host(local, "udp") {
+            match Candidate::host(socket.announced, "udp") {
                 Ok(c) => out.push(c),
-                Err(e) => tracing::warn!(%local, error = %e, "no host candidate for this address"),
-            }
-            if let Some(ip) = self.public_ip
-                && ip.is_ipv4() == local.is_ipv4()
-                && let Ok(c) =
-                    Candidate::server_reflexive(SocketAddr::new(ip, local.port()), local, "udp")
-            {
-                out.push(c);
+                Err(e) => {
+                    tracing::warn!(addr = %socket.announced, error = %e, "no host candidate for this address")
+                }
             }
         }
         out
     }
 
-    /// Send from the socket bound to `source`; a full socket buffer drops the
-    /// datagram (UDP: the receiver recovers as from any loss).
-    pub fn send(&self, source: SocketAddr, destination: SocketAddr, contents: &[u8]) {
-        let Some(socket) = self
-            .sockets
-            .iter()
-            .find(|s| s.local_addr().is_ok_and(|a| a == source))
-        else {
+    /// The ICE username changed (an ICE restart): route checks by the new one.
+    pub fn set_ufrag(&mut self, ufrag: &str) {
+        if ufrag == self.ufrag || !self.shared {
+            return;
+        }
+        let id = self.inbox.peer.get_id();
+        self.routes
+            .by_ufrag
+            .remove_if(&self.ufrag, |_, r| r.peer.get_id() == id);
+        self.routes
+            .by_ufrag
+            .insert(ufrag.to_string(), self.inbox.clone());
+        self.ufrag = ufrag.to_string();
+    }
+
+    /// Send from the socket announced as `source`; a full socket buffer drops
+    /// the datagram (UDP: the receiver recovers as from any loss). The first
+    /// datagram to an address routes what comes back from it to this participant.
+    pub fn send(&mut self, source: SocketAddr, destination: SocketAddr, contents: &[u8]) {
+        let Some(socket) = self.sockets.iter().find(|s| s.announced == source) else {
             tracing::debug!(%source, "no socket for this source address");
             return;
         };
-        if let Err(e) = socket.try_send_to(contents, destination) {
+        let pair = (socket.local, destination);
+        if self.shared && !self.learned.contains(&pair) {
+            self.routes.by_addr.insert(pair, self.inbox.clone());
+            self.learned.insert(pair);
+        }
+        if let Err(e) = socket.udp.try_send_to(contents, destination) {
             self.metrics.rtc_send_errors.inc();
             tracing::debug!(%destination, error = %e, "media datagram not sent");
         }
@@ -213,10 +276,15 @@ impl Drop for Endpoint {
         for t in &self.tasks {
             t.abort();
         }
+        let id = self.inbox.peer.get_id();
         self.routes
             .by_ufrag
-            .remove_if(&self.ufrag, |_, r| r.get_id() == self.peer);
-        self.routes.by_addr.retain(|_, r| r.get_id() != self.peer);
+            .remove_if(&self.ufrag, |_, r| r.peer.get_id() == id);
+        for pair in &self.learned {
+            self.routes
+                .by_addr
+                .remove_if(pair, |_, r| r.peer.get_id() == id);
+        }
     }
 }
 
@@ -247,18 +315,11 @@ fn bind_in_range(ip: IpAddr, min: u16, max: u16) -> Result<UdpSocket, CallError>
     Err(CallError::NoPort(ip, min, max))
 }
 
-async fn receive(
-    socket: Arc<UdpSocket>,
-    routes: Arc<Routes>,
-    owner: Option<Route>,
-    metrics: Arc<Metrics>,
-) {
-    let Ok(local) = socket.local_addr() else {
-        return;
-    };
+async fn receive(socket: Socket, routes: Arc<Routes>, owner: Option<Inbox>, metrics: Arc<Metrics>) {
+    let local = socket.local;
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
-        let (n, source) = match socket.recv_from(&mut buf).await {
+        let (n, source) = match socket.udp.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors surface here (ECONNREFUSED from an earlier send): not fatal.
@@ -268,23 +329,21 @@ async fn receive(
         };
         let at = Instant::now();
         let data = &buf[..n];
-        let peer = match &owner {
+        let inbox = match &owner {
             Some(p) => Some(p.clone()),
             None => routes.route(local, source, data),
         };
-        let Some(peer) = peer else {
+        let Some(inbox) = inbox else {
             metrics.rtc_unrouted.inc();
             continue;
         };
         let datagram = Datagram {
             source,
-            destination: local,
+            destination: socket.announced,
             at,
             data: data.to_vec(),
         };
-        if peer.cast(PeerMsg::Datagram(datagram)).is_err() {
-            metrics.rtc_unrouted.inc();
-        }
+        inbox.deliver(datagram, &metrics);
     }
 }
 

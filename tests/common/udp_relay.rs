@@ -1,70 +1,91 @@
-//! A UDP relay between a client and a server, to cut a path or lose packets on
-//! it: the client sends to `addr`, the relay forwards to `upstream` from its own
-//! socket and sends the server's datagrams back to the last client address.
+//! A UDP relay between clients and a server, to cut a path, lose packets on it,
+//! or stand for a 1:1 NAT: clients send to `addr`; each client gets its own
+//! socket towards `upstream`, and what the server sends to that socket goes back
+//! to the client from `addr`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use tokio::net::UdpSocket;
 
+#[derive(Default)]
+struct Faults {
+    cut: AtomicBool,
+    loss_permille: AtomicU32,
+}
+
+impl Faults {
+    fn drop_one(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+            || rand::random_range(0..1000) < self.loss_permille.load(Ordering::Relaxed)
+    }
+}
+
 pub struct UdpRelay {
-    /// Where the client sends.
+    /// Where clients send.
     pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    loss_permille: Arc<AtomicU32>,
+    faults: Arc<Faults>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl UdpRelay {
+    /// A relay on a free loopback port.
     pub async fn start(upstream: SocketAddr) -> UdpRelay {
-        let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        back.connect(upstream).await.unwrap();
-        let addr = front.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let loss_permille = Arc::new(AtomicU32::new(0));
-        let (c, l) = (cut.clone(), loss_permille.clone());
-        let task = tokio::spawn(async move {
-            let mut client = None;
-            let (mut up, mut down) = (vec![0u8; 2048], vec![0u8; 2048]);
-            loop {
-                let lost = |c: &AtomicBool, l: &AtomicU32| {
-                    c.load(Ordering::Relaxed)
-                        || rand::random_range(0..1000) < l.load(Ordering::Relaxed)
-                };
-                tokio::select! {
-                    Ok((n, from)) = front.recv_from(&mut up) => {
-                        client = Some(from);
-                        if !lost(&c, &l) {
-                            let _ = back.send(&up[..n]).await;
-                        }
-                    }
-                    Ok(n) = back.recv(&mut down) => {
-                        if let Some(to) = client && !lost(&c, &l) {
-                            let _ = front.send_to(&down[..n], to).await;
-                        }
-                    }
-                }
-            }
-        });
-        UdpRelay {
-            addr,
-            cut,
-            loss_permille,
-            task,
-        }
+        UdpRelay::start_on("127.0.0.1:0".parse().unwrap(), upstream).await
     }
 
-    /// Drop everything from now on, both ways (the client "vanishes").
+    /// A relay listening on `front`.
+    pub async fn start_on(front: SocketAddr, upstream: SocketAddr) -> UdpRelay {
+        let front = Arc::new(UdpSocket::bind(front).await.unwrap());
+        let addr = front.local_addr().unwrap();
+        let faults = Arc::new(Faults::default());
+        let f = faults.clone();
+        let task = tokio::spawn(async move {
+            let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)> =
+                HashMap::new();
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, client)) = front.recv_from(&mut buf).await {
+                let back = match backs.get(&client) {
+                    Some((b, _)) => b.clone(),
+                    None => {
+                        let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                        b.connect(upstream).await.unwrap();
+                        let (b2, front, f) = (b.clone(), front.clone(), f.clone());
+                        let down = tokio::spawn(async move {
+                            let mut buf = vec![0u8; 2048];
+                            while let Ok(n) = b2.recv(&mut buf).await {
+                                if !f.drop_one() {
+                                    let _ = front.send_to(&buf[..n], client).await;
+                                }
+                            }
+                        });
+                        backs.insert(client, (b.clone(), down));
+                        b
+                    }
+                };
+                if !f.drop_one() {
+                    let _ = back.send(&buf[..n]).await;
+                }
+            }
+            for (_, (_, t)) in backs {
+                t.abort();
+            }
+        });
+        UdpRelay { addr, faults, task }
+    }
+
+    /// Drop everything from now on, both ways (the clients "vanish").
     pub fn cut(&self) {
-        self.cut.store(true, Ordering::Relaxed);
+        self.faults.cut.store(true, Ordering::Relaxed);
     }
 
     /// Drop this fraction of datagrams, both ways, at random.
     #[allow(dead_code)]
     pub fn set_loss(&self, fraction: f64) {
-        self.loss_permille
+        self.faults
+            .loss_permille
             .store((fraction * 1000.0) as u32, Ordering::Relaxed);
     }
 }
