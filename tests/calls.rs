@@ -544,3 +544,60 @@ async fn behind_a_one_to_one_nat_the_public_address_is_announced_and_works() {
         _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
     }
 }
+
+/// The packet numbers `to` received from `from`'s `kind` track, in arrival order.
+fn numbers(to: &CallClient, from: &CallClient, kind: Kind) -> Vec<u32> {
+    let Some(track) = track_of(to, from, kind) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}:{kind:?}:", from.user);
+    track
+        .packets
+        .iter()
+        .filter_map(|p| {
+            let text = String::from_utf8_lossy(&p.payload).to_string();
+            let at = text.find(&prefix)?;
+            text[at + prefix.len()..].split(':').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_lost_on_the_way_to_a_subscriber_is_retransmitted_on_nack() {
+    let node = node().await;
+    let relay = UdpRelay::start(media_addr(&node)).await;
+    let (server, via) = (media_addr(&node).to_string(), relay.addr.to_string());
+    let to_relay: call_client::Rewrite = Arc::new(move |sdp: &str| {
+        let (s, v) = (server.replace(':', " "), via.replace(':', " "));
+        sdp.replace(&s, &v)
+    });
+    let alice = CallClient::join(&node, "alice", "lossy", AV).await;
+    let bob = CallClient::join_with(&node, "bob", "lossy", AV, Some(to_relay)).await;
+    let both = [&alice, &bob];
+    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 0, 1000));
+    tokio::select! {
+        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
+        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
+    }
+    // 5 % of Bob's datagrams are lost, both ways, while Alice sends 300 frames.
+    relay.set_loss(0.05);
+    send_media(&alice, &[Kind::Video], 1000, 300).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.set_loss(0.0);
+    send_media(&alice, &[Kind::Video], 1300, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let got: std::collections::HashSet<u32> = numbers(&bob, &alice, Kind::Video)
+        .into_iter()
+        .filter(|i| (1000..1300).contains(i))
+        .collect();
+    let nacks = node.metric("armoricore_rtc_nacks_total").await;
+    assert!(nacks > 0.0, "no NACK reached the node");
+    // Without retransmission about 15 would be missing; allow what a NACK
+    // itself lost twice.
+    assert!(
+        got.len() >= 297,
+        "bob has {} of 300 frames after {nacks} NACKs",
+        got.len()
+    );
+}
