@@ -109,6 +109,25 @@ fn check_intact(to: &CallClient, from: &CallClient, kind: Kind) -> usize {
     track.packets.len()
 }
 
+/// Everyone sends audio and video (numbered from `from`) until each has 20
+/// packets of each kind from each other one.
+async fn exchange(clients: &[&CallClient], from: u32) {
+    let sending = clients
+        .iter()
+        .map(|c| send_media(c, &[Kind::Audio, Kind::Video], from, 1000));
+    tokio::select! {
+        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
+        _ = wait_media(clients, 20, Duration::from_secs(20)) => {}
+    }
+}
+
+/// Server SDP rewritten so that this client's media goes through `relay`.
+fn via(node: &TestNode, relay: &UdpRelay) -> call_client::Rewrite {
+    let server = media_addr(node).to_string().replace(':', " ");
+    let relayed = relay.addr.to_string().replace(':', " ");
+    Arc::new(move |sdp: &str| sdp.replace(&server, &relayed))
+}
+
 async fn wait_media(clients: &[&CallClient], at_least: usize, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -207,12 +226,7 @@ async fn leave_and_rejoin_and_the_call_ends_with_its_last_participant() {
     let mut bus = node.events("call.>").await;
     let alice = CallClient::join(&node, "alice", "c2", AV).await;
     let bob = CallClient::join(&node, "bob", "c2", AV).await;
-    let both = [&alice, &bob];
-    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 0, 1000));
-    tokio::select! {
-        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
-        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
-    }
+    exchange(&[&alice, &bob], 0).await;
 
     // Bob leaves with call_end: Alice is told, and the server takes his tracks
     // out of her connection (a new offer with those m-lines stopped).
@@ -250,12 +264,7 @@ async fn leave_and_rejoin_and_the_call_ends_with_its_last_participant() {
     // Bob comes back on a new connection: media flows both ways again.
     let bob = CallClient::join(&node, "bob", "c2", AV).await;
     assert_eq!(bob.joined["participants"].as_array().unwrap().len(), 1);
-    let both = [&alice, &bob];
-    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 1000, 1000));
-    tokio::select! {
-        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
-        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
-    }
+    exchange(&[&alice, &bob], 1000).await;
 
     // The bus saw it all, in order.
     let mut seen: Vec<(String, Value)> = Vec::new();
@@ -304,19 +313,10 @@ async fn leave_and_rejoin_and_the_call_ends_with_its_last_participant() {
 async fn a_participant_that_vanishes_is_dropped_when_its_ice_times_out() {
     let node = node().await;
     let relay = UdpRelay::start(media_addr(&node)).await;
-    let (server, via) = (media_addr(&node).to_string(), relay.addr.to_string());
-    let to_relay: call_client::Rewrite = Arc::new(move |sdp: &str| {
-        let (s, v) = (server.replace(':', " "), via.replace(':', " "));
-        sdp.replace(&s, &v)
-    });
+    let to_relay = via(&node, &relay);
     let alice = CallClient::join(&node, "alice", "c3", AV).await;
     let bob = CallClient::join_with(&node, "bob", "c3", AV, Some(to_relay)).await;
-    let both = [&alice, &bob];
-    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 0, 1000));
-    tokio::select! {
-        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
-        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
-    }
+    exchange(&[&alice, &bob], 0).await;
 
     // Bob's network goes away; his WebSocket stays open and he never leaves.
     relay.cut();
@@ -454,12 +454,7 @@ async fn a_port_range_gives_each_participant_its_own_port_and_mutes_reach_the_ot
     );
     let alice = CallClient::join(&node, "alice", "ports", AV).await;
     let bob = CallClient::join(&node, "bob", "ports", AV).await;
-    let both = [&alice, &bob];
-    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 0, 1000));
-    tokio::select! {
-        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
-        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
-    }
+    exchange(&[&alice, &bob], 0).await;
     let port = |c: &CallClient| candidate_port(c.pushed("call_answer")[0]["sdp"].as_str().unwrap());
     let (a, b) = (port(&alice), port(&bob));
     assert!(
@@ -537,12 +532,7 @@ async fn behind_a_one_to_one_nat_the_public_address_is_announced_and_works() {
         "{sdp}"
     );
     assert!(!sdp.contains("127.0.0.1"), "{sdp}");
-    let both = [&alice, &bob];
-    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 0, 1000));
-    tokio::select! {
-        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
-        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
-    }
+    exchange(&[&alice, &bob], 0).await;
 }
 
 /// The packet numbers `to` received from `from`'s `kind` track, in arrival order.
@@ -566,19 +556,10 @@ fn numbers(to: &CallClient, from: &CallClient, kind: Kind) -> Vec<u32> {
 async fn video_lost_on_the_way_to_a_subscriber_is_retransmitted_on_nack() {
     let node = node().await;
     let relay = UdpRelay::start(media_addr(&node)).await;
-    let (server, via) = (media_addr(&node).to_string(), relay.addr.to_string());
-    let to_relay: call_client::Rewrite = Arc::new(move |sdp: &str| {
-        let (s, v) = (server.replace(':', " "), via.replace(':', " "));
-        sdp.replace(&s, &v)
-    });
+    let to_relay = via(&node, &relay);
     let alice = CallClient::join(&node, "alice", "lossy", AV).await;
     let bob = CallClient::join_with(&node, "bob", "lossy", AV, Some(to_relay)).await;
-    let both = [&alice, &bob];
-    let sending = both.map(|c| send_media(c, &[Kind::Audio, Kind::Video], 0, 1000));
-    tokio::select! {
-        _ = futures_util::future::join_all(sending) => panic!("sent all before media arrived"),
-        _ = wait_media(&both, 20, Duration::from_secs(20)) => {}
-    }
+    exchange(&[&alice, &bob], 0).await;
     // 5 % of Bob's datagrams are lost, both ways, while Alice sends 300 frames.
     relay.set_loss(0.05);
     send_media(&alice, &[Kind::Video], 1000, 300).await;
