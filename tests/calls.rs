@@ -582,3 +582,38 @@ async fn video_lost_on_the_way_to_a_subscriber_is_retransmitted_on_nack() {
         got.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_actor_dies_leaves_alone_and_the_call_goes_on() {
+    let node = node().await;
+    let alice = CallClient::join(&node, "alice", "c4", AV).await;
+    let bob = CallClient::join(&node, "bob", "c4", AV).await;
+    exchange(&[&alice, &bob], 0).await;
+
+    // Bob's Peer actor is killed (as if its WebRTC stack had crashed).
+    let calls = node.node().hub().calls.clone().unwrap();
+    let roster = calls.roster("c4").await;
+    assert_eq!(roster.len(), 2);
+    let (_, _, bob_peer) = roster
+        .iter()
+        .find(|(id, _, _)| **id == *bob.participant_id)
+        .unwrap();
+    bob_peer.kill();
+    let left = alice
+        .wait_push(
+            "participant_left",
+            |p| p["user_id"] == "bob",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(left["participant_id"], bob.participant_id.as_str());
+    bob.wait_push("call_end", |_| true, Duration::from_secs(5))
+        .await;
+
+    // The call and Alice's connection carry on: Carol joins and they talk.
+    let carol = CallClient::join(&node, "carol", "c4", AV).await;
+    assert_eq!(carol.joined["participants"].as_array().unwrap().len(), 1);
+    exchange(&[&alice, &carol], 1000).await;
+    assert_eq!(node.metric("armoricore_rtc_calls").await, 1.0);
+    assert_eq!(calls.roster("c4").await.len(), 2);
+}

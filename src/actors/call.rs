@@ -55,6 +55,8 @@ pub enum CallMsg {
         muted: bool,
         reason: &'static str,
     },
+    /// Who is in the call: (participant id, user id, its Peer actor).
+    Roster(RpcReplyPort<Vec<(Arc<str>, Arc<str>, ractor::ActorCell)>>),
     /// Sent `empty_grace_ms` after the call became empty (the number tells
     /// which time it became empty).
     CheckEmpty(u64),
@@ -367,6 +369,14 @@ impl Actor for Call {
                 muted,
                 reason,
             } => state.muted(track, muted, reason),
+            CallMsg::Roster(reply) => {
+                let roster = state
+                    .participants
+                    .values()
+                    .map(|p| (p.id.clone(), p.user_id.clone(), p.peer.get_cell()))
+                    .collect();
+                let _ = reply.send(roster);
+            }
             CallMsg::CheckEmpty(n) => {
                 if state.participants.is_empty() && n == state.emptied {
                     state.ended = true;

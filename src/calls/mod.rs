@@ -301,6 +301,18 @@ impl Calls {
         }
     }
 
+    /// Who is in call `id`: (participant id, user id, its Peer actor). Empty
+    /// when no such call runs here.
+    pub async fn roster(&self, id: &str) -> Vec<(Arc<str>, Arc<str>, ActorCell)> {
+        let Some(call) = self.registry.get(id).map(|r| r.clone()) else {
+            return Vec::new();
+        };
+        match call.call(CallMsg::Roster, Some(CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(r)) => r,
+            _ => Vec::new(),
+        }
+    }
+
     /// `/ready` and the dashboard: what runs here.
     pub fn status(&self) -> Value {
         json!({
