@@ -594,11 +594,12 @@ async fn a_participant_whose_actor_dies_leaves_alone_and_the_call_goes_on() {
     let calls = node.node().hub().calls.clone().unwrap();
     let roster = calls.roster("c4").await;
     assert_eq!(roster.len(), 2);
-    let (_, _, bob_peer) = roster
+    let bob_peer = roster
         .iter()
-        .find(|(id, _, _)| **id == *bob.participant_id)
+        .find(|m| *m.participant_id == *bob.participant_id)
         .unwrap();
-    bob_peer.kill();
+    assert_eq!(&*bob_peer.user_id, "bob");
+    bob_peer.peer.kill();
     let left = alice
         .wait_push(
             "participant_left",

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::bus::events;
 use crate::calls::peer::{Peer, PeerArgs, PeerMsg, Subscriber};
-use crate::calls::{CallError, Calls, Signal, SignalTarget, TrackId, TrackInfo, kind_name};
+use crate::calls::{CallError, Calls, Member, Signal, SignalTarget, TrackId, TrackInfo, kind_name};
 use crate::pubsub::SessionId;
 
 pub struct Call;
@@ -55,8 +55,8 @@ pub enum CallMsg {
         muted: bool,
         reason: &'static str,
     },
-    /// Who is in the call: (participant id, user id, its Peer actor).
-    Roster(RpcReplyPort<Vec<(Arc<str>, Arc<str>, ractor::ActorCell)>>),
+    /// Who is in the call.
+    Roster(RpcReplyPort<Vec<Member>>),
     /// Sent `empty_grace_ms` after the call became empty (the number tells
     /// which time it became empty).
     CheckEmpty(u64),
@@ -373,7 +373,11 @@ impl Actor for Call {
                 let roster = state
                     .participants
                     .values()
-                    .map(|p| (p.id.clone(), p.user_id.clone(), p.peer.get_cell()))
+                    .map(|p| Member {
+                        participant_id: p.id.clone(),
+                        user_id: p.user_id.clone(),
+                        peer: p.peer.get_cell(),
+                    })
                     .collect();
                 let _ = reply.send(roster);
             }

@@ -131,6 +131,15 @@ pub struct TrackInfo {
     pub publisher: ActorRef<peer::PeerMsg>,
 }
 
+/// One participant of a call, as [`Calls::roster`] lists it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub participant_id: Arc<str>,
+    pub user_id: Arc<str>,
+    /// Its Peer actor.
+    pub peer: ActorCell,
+}
+
 /// Lowercase `audio`/`video`, as the browser APIs name kinds.
 pub fn kind_name(kind: MediaKind) -> &'static str {
     match kind {
@@ -301,9 +310,8 @@ impl Calls {
         }
     }
 
-    /// Who is in call `id`: (participant id, user id, its Peer actor). Empty
-    /// when no such call runs here.
-    pub async fn roster(&self, id: &str) -> Vec<(Arc<str>, Arc<str>, ActorCell)> {
+    /// Who is in call `id` (empty when no such call runs here).
+    pub async fn roster(&self, id: &str) -> Vec<Member> {
         let Some(call) = self.registry.get(id).map(|r| r.clone()) else {
             return Vec::new();
         };
