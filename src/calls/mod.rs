@@ -10,6 +10,7 @@
 //! ```
 //! docs/calls.md is the client-facing contract.
 
+pub mod arc;
 pub mod config;
 pub mod net;
 pub mod peer;
