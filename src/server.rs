@@ -313,6 +313,7 @@ impl Node {
                 metrics.clone(),
                 outlet,
                 node_name.clone(),
+                cluster.clone(),
             )?)
         } else {
             None

@@ -430,3 +430,51 @@ async fn a_presence_that_comes_and_goes_within_one_flush_leaves_no_ghost() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_call_is_hosted_by_one_node_and_the_others_say_which() {
+    let redis = RedisServer::start().await;
+    let on = |name: &str| {
+        let (url, name) = (redis.url(), name.to_string());
+        TestNode::start_with(move |c| {
+            c.cluster.redis_url = url;
+            c.cluster.node_name = name;
+            c.cluster.heartbeat_ms = 100;
+            c.calls.addresses = vec!["127.0.0.1".parse().unwrap()];
+            c.calls.empty_grace_ms = 100;
+        })
+    };
+    let (a, b) = (on("a").await, on("b").await);
+    clustered(&a, &b).await;
+
+    // Alice starts call 7 on node a; Bob, sent to node b, is told where it is.
+    let mut alice = a.connect("alice").await;
+    alice.join_ok("signaling:call:7").await;
+    let mut bob = b.connect("bob").await;
+    let (_, reply) = bob.join("signaling:call:7", json!({})).await;
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(reply["response"]["node"], "a");
+    assert_eq!(
+        reply["response"]["reason"],
+        "the call is hosted on node a: connect to that node to join it"
+    );
+    // Another call is free to start on b.
+    bob.join_ok("signaling:call:8").await;
+
+    // Alice leaves: the call ends on a and its id is free; Bob can host it on b.
+    drop(alice);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, reply) = bob.join("signaling:call:7", json!({})).await;
+        if reply["status"] == "ok" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "call 7 never freed: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -418,6 +418,7 @@ impl Drop for CallState {
             p.peer.stop(Some("call ended".into()));
         }
         self.calls.metrics.rtc_calls.dec();
+        self.calls.release(&self.id);
         let mut m = Map::new();
         m.insert(
             "duration_s".into(),

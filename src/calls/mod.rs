@@ -29,6 +29,7 @@ use str0m::media::{MediaKind, Mid};
 
 use crate::actors::call::{Call, CallArgs, CallMsg};
 use crate::bus::Outlet;
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::protocols::phoenix::{self, Vsn};
 use crate::pubsub::{Outbox, SessionId, offer};
@@ -60,6 +61,8 @@ pub enum CallError {
     StaleAnswer { got: u64, pending: u64 },
     #[error("the call ended")]
     Ended,
+    #[error("the call is hosted on node {0}: connect to that node to join it")]
+    Elsewhere(String),
     #[error("cannot bind {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     #[error("no free UDP port on {0} in {1}..={2}")]
@@ -85,6 +88,23 @@ pub enum Signal {
         mid: Option<String>,
         muted: bool,
     },
+}
+
+/// Renew the leases of the calls this node hosts until the node goes away.
+async fn renew_leases(calls: std::sync::Weak<Calls>) {
+    let mut every = tokio::time::interval(LEASE_TTL / 3);
+    loop {
+        every.tick().await;
+        let Some(calls) = calls.upgrade() else {
+            return;
+        };
+        let ids: Vec<Arc<str>> = calls.registry.iter().map(|r| r.key().clone()).collect();
+        for id in ids {
+            if let Err(CallError::Elsewhere(owner)) = calls.lease(&id).await {
+                tracing::warn!(call = %id, %owner, "another node took this call's lease (Redis lost it?)");
+            }
+        }
+    }
 }
 
 /// Where a participant's signaling events go: its connection, on the call topic.
@@ -156,6 +176,9 @@ pub struct Calls {
     pub metrics: Arc<Metrics>,
     pub outlet: Outlet,
     pub node_name: String,
+    /// With Redis: each call is leased to the node hosting it (`call:{id}`), so
+    /// two nodes never run two halves of one call.
+    cluster: Option<Arc<Cluster>>,
     registry: DashMap<Arc<str>, ActorRef<CallMsg>>,
     supervisor: Mutex<Option<ActorCell>>,
     /// Serializes call creation so two first joins make one call.
@@ -165,6 +188,10 @@ pub struct Calls {
 /// How long a signaling request may wait for its call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A call's lease in Redis lasts this long and is renewed three times as often,
+/// so a node that dies frees its calls' ids within it.
+const LEASE_TTL: Duration = Duration::from_secs(15);
+
 impl Calls {
     /// Bind the media sockets. Must run inside the Tokio runtime.
     pub fn start(
@@ -172,21 +199,58 @@ impl Calls {
         metrics: Arc<Metrics>,
         outlet: Outlet,
         node_name: String,
+        cluster: Option<Arc<Cluster>>,
     ) -> Result<Arc<Calls>, CallError> {
         let net = net::Net::start(&config, metrics.clone())?;
         for addr in net.shared_addresses() {
             tracing::info!(%addr, "call media on UDP");
         }
-        Ok(Arc::new(Calls {
+        let calls = Arc::new(Calls {
             config,
             net,
             metrics,
             outlet,
             node_name,
+            cluster,
             registry: DashMap::new(),
             supervisor: Mutex::new(None),
             create: tokio::sync::Mutex::new(()),
-        }))
+        });
+        if calls.cluster.is_some() {
+            tokio::spawn(renew_leases(Arc::downgrade(&calls)));
+        }
+        Ok(calls)
+    }
+
+    /// Hold the lease of call `id` for this node (`Elsewhere` when another node
+    /// hosts it). Without Redis, or while it is unreachable, calls are local.
+    async fn lease(&self, id: &str) -> Result<(), CallError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        match cluster
+            .lease(&format!("call:{id}"), &self.node_name, LEASE_TTL)
+            .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(owner)) => Err(CallError::Elsewhere(owner)),
+            Err(e) => {
+                tracing::warn!(call = id, error = %e, "call lease unavailable: hosting the call here");
+                Ok(())
+            }
+        }
+    }
+
+    /// A call ended here: free its id for the cluster.
+    pub(crate) fn release(&self, id: &str) {
+        if let Some(cluster) = self.cluster.clone() {
+            let (name, owner) = (format!("call:{id}"), self.node_name.clone());
+            tokio::spawn(async move {
+                if let Err(e) = cluster.release(&name, &owner).await {
+                    tracing::debug!(%name, error = %e, "call lease not released (it expires)");
+                }
+            });
+        }
     }
 
     /// The CallSupervisor new calls are linked to (set by the root supervisor).
@@ -220,6 +284,7 @@ impl Calls {
         if self.registry.len() >= self.config.max_calls {
             return Err(CallError::TooManyCalls(self.config.max_calls));
         }
+        self.lease(id).await?;
         let supervisor = self.supervisor.lock().clone().ok_or(CallError::Disabled)?;
         let id: Arc<str> = Arc::from(id);
         let args = CallArgs {

@@ -92,7 +92,10 @@ fn signal(event: &str, payload: &Value) -> Result<Signal, String> {
 #[async_trait]
 impl Channel for CallSignaling {
     async fn join(&self, ctx: &ChannelCtx<'_>, _payload: &Value) -> Result<Value, Value> {
-        let refuse = |e: CallError| json!({"reason": e.to_string()});
+        let refuse = |e: CallError| match &e {
+            CallError::Elsewhere(node) => json!({"reason": e.to_string(), "node": node}),
+            _ => json!({"reason": e.to_string()}),
+        };
         let calls = calls(ctx).map_err(refuse)?;
         let id = call_id(ctx.topic);
         if id.len() > 128 || id.chars().any(|c| c.is_control()) {

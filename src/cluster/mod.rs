@@ -11,6 +11,7 @@
 //! armoricore:presence    presence replication (see `tracker`)
 //! armoricore:h:{topic}   shared history: head and epoch (hash), and the kept
 //! armoricore:hm:{topic}  messages by offset (sorted set); see PUBLISH_SCRIPT
+//! armoricore:lease:{name} which node holds a cluster-wide name (a call), with a TTL
 //! ```
 //!
 //! A node delivers what others publish to its local subscribers (skipping its own
@@ -382,6 +383,47 @@ impl Cluster {
             return Err(ClusterError::NoHistory);
         }
         Ok((offset, epoch))
+    }
+
+    /// Hold (take or renew) the cluster-wide `name` for `owner` for `ttl`:
+    /// `Ok(None)` when `owner` holds it now, `Ok(Some(other))` when another
+    /// owner does. A call is hosted by the node that holds `call:{id}`.
+    pub async fn lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, ClusterError> {
+        const LEASE: &str = "local cur = redis.call('GET', KEYS[1]) \
+            if cur == false or cur == ARGV[1] then \
+              redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return '' end \
+            return cur";
+        if !self.connected() {
+            return Err(ClusterError::Unavailable);
+        }
+        let key = format!("{}lease:{name}", self.config.channel_prefix);
+        let args = vec![owner.to_string(), ttl.as_millis().max(1).to_string()];
+        let held = self
+            .publisher
+            .eval::<String, _, _, _>(LEASE, vec![key], args);
+        let other = tokio::time::timeout(REDIS_TIMEOUT, held)
+            .await
+            .map_err(|_| ClusterError::Unavailable)??;
+        Ok((!other.is_empty()).then_some(other))
+    }
+
+    /// Give up `name` if `owner` holds it.
+    pub async fn release(&self, name: &str, owner: &str) -> Result<(), ClusterError> {
+        const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+            return redis.call('DEL', KEYS[1]) end return 0";
+        let key = format!("{}lease:{name}", self.config.channel_prefix);
+        let done = self
+            .publisher
+            .eval::<i64, _, _, _>(RELEASE, vec![key], vec![owner.to_string()]);
+        tokio::time::timeout(REDIS_TIMEOUT, done)
+            .await
+            .map_err(|_| ClusterError::Unavailable)??;
+        Ok(())
     }
 
     /// Drop the kept message at `offset` of `topic` (deleted by a moderator), so a
