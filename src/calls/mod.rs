@@ -258,11 +258,6 @@ impl Calls {
         *self.supervisor.lock() = cell;
     }
 
-    /// Calls running on this node.
-    pub fn count(&self) -> usize {
-        self.registry.len()
-    }
-
     /// Forget a call that stopped (only if `id` still maps to that actor).
     fn forget(&self, id: &str, actor: ractor::ActorId) {
         self.registry.remove_if(id, |_, r| r.get_id() == actor);
@@ -385,13 +380,5 @@ impl Calls {
             Ok(CallResult::Success(r)) => r,
             _ => Vec::new(),
         }
-    }
-
-    /// `/ready` and the dashboard: what runs here.
-    pub fn status(&self) -> Value {
-        json!({
-            "calls": self.count(),
-            "udp": self.net.shared_addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        })
     }
 }
