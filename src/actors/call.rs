@@ -19,8 +19,13 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use serde_json::{Map, Value, json};
 
 use crate::bus::events;
+use crate::calls::arc::codec::ArcCodec;
+use crate::calls::arc::peer::{ArcPeer, ArcPeerArgs};
 use crate::calls::peer::{Peer, PeerArgs, PeerMsg, Subscriber};
-use crate::calls::{CallError, Calls, Member, Signal, SignalTarget, TrackId, TrackInfo, kind_name};
+use crate::calls::{
+    ArcJoin, ArcRequest, CallError, Calls, Member, Signal, SignalTarget, TrackId, TrackInfo,
+    kind_name,
+};
 use crate::pubsub::SessionId;
 
 pub struct Call;
@@ -46,6 +51,12 @@ pub enum CallMsg {
         signal: Signal,
         reply: RpcReplyPort<Result<(), CallError>>,
     },
+    /// An ArcRTC request (`arc_join`, `arc_publish`, `arc_unpublish`).
+    Arc {
+        session: SessionId,
+        request: ArcRequest,
+        reply: RpcReplyPort<Result<Value, CallError>>,
+    },
     Published(TrackInfo),
     Unpublished(TrackId),
     /// A publisher's track went silent or came back (`reason`: `client` when it
@@ -62,8 +73,20 @@ pub enum CallMsg {
     CheckEmpty(u64),
 }
 
+/// How a participant's media flows; chosen by its first signal.
+enum Transport {
+    Undecided,
+    WebRtc,
+    Arc {
+        /// What it can receive (`arc_join.codecs`).
+        codecs: Vec<&'static ArcCodec>,
+        receive: bool,
+    },
+}
+
 struct Participant {
     id: Arc<str>,
+    transport: Transport,
     user_id: Arc<str>,
     session: SessionId,
     peer: ActorRef<PeerMsg>,
@@ -148,11 +171,13 @@ impl CallState {
             backlog: backlog.clone(),
         };
         for track in &self.tracks {
-            let _ = peer.cast(PeerMsg::Subscribe(track.clone()));
-            let _ = track.publisher.cast(PeerMsg::AddSubscriber {
-                mid: track.mid,
-                subscriber: subscriber.clone(),
-            });
+            offer_track(
+                &self.calls,
+                &Transport::Undecided,
+                &subscriber,
+                &signal,
+                track,
+            );
         }
         let joined = json!({"participant_id": participant, "user_id": user_id});
         self.push_others(&peer.get_id(), "participant_joined", &joined);
@@ -160,6 +185,7 @@ impl CallState {
             peer.get_id(),
             Participant {
                 id: participant.clone(),
+                transport: Transport::Undecided,
                 user_id: user_id.clone(),
                 session,
                 peer,
@@ -183,17 +209,92 @@ impl CallState {
         let track = Arc::new(track);
         for (id, p) in &self.participants {
             if *id != track.publisher.get_id() {
-                let _ = p.peer.cast(PeerMsg::Subscribe(track.clone()));
-                let _ = track.publisher.cast(PeerMsg::AddSubscriber {
-                    mid: track.mid,
-                    subscriber: Subscriber {
-                        peer: p.peer.clone(),
-                        backlog: p.backlog.clone(),
-                    },
-                });
+                let subscriber = Subscriber {
+                    peer: p.peer.clone(),
+                    backlog: p.backlog.clone(),
+                };
+                offer_track(&self.calls, &p.transport, &subscriber, &p.signal, &track);
             }
         }
         self.tracks.push(track);
+    }
+
+    /// A WebRTC signal: the participant uses WebRTC from now on.
+    fn webrtc_signal(&mut self, actor: ActorId) -> Result<(), CallError> {
+        let p = self
+            .participants
+            .get_mut(&actor)
+            .ok_or(CallError::NotInCall)?;
+        match p.transport {
+            Transport::Undecided => {
+                p.transport = Transport::WebRtc;
+                Ok(())
+            }
+            Transport::WebRtc => Ok(()),
+            Transport::Arc { .. } => Err(CallError::TransportChosen),
+        }
+    }
+
+    /// `arc_join`: the participant's WebRTC Peer (which never negotiated) is
+    /// replaced by an ArcPeer, subscribed to what it can receive.
+    async fn arc_join(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        old: ActorId,
+        join: ArcJoin,
+        reply: RpcReplyPort<Result<Value, CallError>>,
+    ) {
+        let Some(p) = self.participants.get(&old) else {
+            let _ = reply.send(Err(CallError::NotInCall));
+            return;
+        };
+        if !matches!(p.transport, Transport::Undecided) {
+            let _ = reply.send(Err(CallError::TransportChosen));
+            return;
+        }
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let transport = Transport::Arc {
+            codecs: join.codecs.clone(),
+            receive: join.receive,
+        };
+        let args = ArcPeerArgs {
+            backlog: backlog.clone(),
+            participant: p.id.clone(),
+            user_id: p.user_id.clone(),
+            call: myself.clone(),
+            calls: self.calls.clone(),
+            signal: p.signal.clone(),
+            join,
+        };
+        let peer = match Actor::spawn_linked(None, ArcPeer, args, myself.get_cell()).await {
+            Ok((peer, _)) => peer,
+            Err(e) => {
+                let _ = reply.send(Err(CallError::Internal(format!(
+                    "ArcRTC session did not start: {e}"
+                ))));
+                return;
+            }
+        };
+        let Some(mut p) = self.participants.remove(&old) else {
+            peer.stop(None);
+            let _ = reply.send(Err(CallError::NotInCall));
+            return;
+        };
+        // The WebRTC Peer goes quietly: its end is not the participant's.
+        let previous = std::mem::replace(&mut p.peer, peer.clone());
+        previous.stop(Some("arcrtc".into()));
+        p.backlog = backlog;
+        p.transport = transport;
+        let subscriber = Subscriber {
+            peer: peer.clone(),
+            backlog: p.backlog.clone(),
+        };
+        for track in &self.tracks {
+            let _ = track.publisher.cast(PeerMsg::RemoveSubscriber(old));
+            offer_track(&self.calls, &p.transport, &subscriber, &p.signal, track);
+        }
+        self.participants.insert(peer.get_id(), p);
+        let _ = peer.cast(PeerMsg::ArcReply(reply));
     }
 
     fn unpublished(&mut self, id: TrackId) {
@@ -285,6 +386,48 @@ impl CallState {
     }
 }
 
+/// Offer `track` to a participant: subscribe it when it can receive the track,
+/// or tell it why not (`track_unavailable`: a codec it lacks).
+fn offer_track(
+    calls: &Calls,
+    transport: &Transport,
+    subscriber: &Subscriber,
+    signal: &SignalTarget,
+    track: &Arc<TrackInfo>,
+) {
+    let refused = match (transport, track.codec) {
+        (Transport::Arc { receive: false, .. }, _) => return,
+        (Transport::Arc { codecs, .. }, Some(c)) => !codecs.contains(&c),
+        (Transport::Arc { .. }, None) => false,
+        (_, Some(c)) => {
+            !c.browsers
+                || (c.kind == str0m::media::MediaKind::Video
+                    && !calls.config.video_codecs.iter().any(|v| v == c.name))
+        }
+        (_, None) => false,
+    };
+    if refused {
+        let codec = track.codec.map_or("?", |c| c.name);
+        signal.push(
+            "track_unavailable",
+            &json!({
+                "track_id": track.id,
+                "participant_id": track.participant,
+                "user_id": track.user_id,
+                "kind": kind_name(track.kind),
+                "codec": codec,
+                "reason": format!("codec \"{codec}\" not supported by this participant"),
+            }),
+        );
+        return;
+    }
+    let _ = subscriber.peer.cast(PeerMsg::Subscribe(track.clone()));
+    let _ = track.publisher.cast(PeerMsg::AddSubscriber {
+        mid: track.mid,
+        subscriber: subscriber.clone(),
+    });
+}
+
 impl Actor for Call {
     type Msg = CallMsg;
     type State = CallState;
@@ -338,11 +481,20 @@ impl Actor for Call {
                 session,
                 signal,
                 reply,
-            } => match state.by_session(session) {
+            } => match state.by_session(session).map(|p| p.peer.get_id()) {
                 None => {
                     let _ = reply.send(Err(CallError::NotInCall));
                 }
-                Some(p) => {
+                Some(actor) => {
+                    if !matches!(signal, Signal::Mute { .. })
+                        && let Err(e) = state.webrtc_signal(actor)
+                    {
+                        let _ = reply.send(Err(e));
+                        return Ok(());
+                    }
+                    let Some(p) = state.participants.get(&actor) else {
+                        return Ok(());
+                    };
                     let msg = match signal {
                         Signal::Offer(sdp) => PeerMsg::Offer(sdp, reply),
                         Signal::Answer { sdp, offer_id } => PeerMsg::Answer {
@@ -362,6 +514,32 @@ impl Actor for Call {
                     let _ = p.peer.cast(msg);
                 }
             },
+            CallMsg::Arc {
+                session,
+                request,
+                reply,
+            } => {
+                let Some(p) = state.by_session(session) else {
+                    let _ = reply.send(Err(CallError::NotInCall));
+                    return Ok(());
+                };
+                let (actor, arc) = (
+                    p.peer.get_id(),
+                    matches!(p.transport, Transport::Arc { .. }),
+                );
+                match request {
+                    ArcRequest::Join(join) => state.arc_join(&myself, actor, join, reply).await,
+                    _ if !arc => {
+                        let _ = reply.send(Err(CallError::NotArc));
+                    }
+                    ArcRequest::Publish(codec) => {
+                        let _ = p.peer.cast(PeerMsg::ArcPublish(codec, reply));
+                    }
+                    ArcRequest::Unpublish(id) => {
+                        let _ = p.peer.cast(PeerMsg::ArcUnpublish(id, reply));
+                    }
+                }
+            }
             CallMsg::Published(track) => state.published(track),
             CallMsg::Unpublished(id) => state.unpublished(id),
             CallMsg::Muted {

@@ -25,6 +25,10 @@ pub struct CallsConfig {
     pub connect_timeout_s: u64,
     pub keyframe_interval_ms: u64,
     pub video_codecs: Vec<String>,
+    /// The UDP port of ArcRTC sessions (0: a free one, chosen at start).
+    pub arc_port: u16,
+    /// An ArcRTC session silent (no authenticated packet) this long ends.
+    pub arc_timeout_s: u64,
     pub ice_servers: Vec<IceServer>,
 }
 
@@ -65,6 +69,9 @@ impl CallsConfig {
         }
         if self.max_calls == 0 {
             return Err(invalid("max_calls", "must be at least 1"));
+        }
+        if self.arc_timeout_s == 0 {
+            return Err(invalid("arc_timeout_s", "must be at least 1"));
         }
         if self.connect_timeout_s == 0 {
             return Err(invalid("connect_timeout_s", "must be at least 1"));

@@ -33,6 +33,7 @@ use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::protocols::phoenix::{self, Vsn};
 use crate::pubsub::{Outbox, SessionId, offer};
+use arc::codec::ArcCodec;
 use config::CallsConfig;
 
 /// The signaling topic prefix.
@@ -69,8 +70,35 @@ pub enum CallError {
     NoPort(IpAddr, u16, u16),
     #[error("media socket: {0}")]
     Io(std::io::Error),
+    #[error("transport already chosen")]
+    TransportChosen,
+    #[error("not an ArcRTC participant: send arc_join first")]
+    NotArc,
+    /// An `arc_join`/`arc_publish` the node cannot accept; the reason as the
+    /// client reads it (docs/arcrtc.md §2.2).
+    #[error("{0}")]
+    ArcRefused(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// An `arc_join` as the channel checked it (docs/arcrtc.md §2.1).
+#[derive(Debug)]
+pub struct ArcJoin {
+    /// What the client can receive, preferred first.
+    pub codecs: Vec<&'static ArcCodec>,
+    /// The tracks it will send.
+    pub publish: Vec<&'static ArcCodec>,
+    pub profile: arc::srtp::Profile,
+    pub receive: bool,
+}
+
+/// An ArcRTC client's request on the signaling channel.
+#[derive(Debug)]
+pub enum ArcRequest {
+    Join(ArcJoin),
+    Publish(&'static ArcCodec),
+    Unpublish(TrackId),
 }
 
 /// A client's signaling message, as the channel decoded it.
@@ -147,8 +175,10 @@ pub struct TrackInfo {
     pub participant: Arc<str>,
     pub user_id: Arc<str>,
     pub kind: MediaKind,
-    /// The m-line it arrives on at its publisher.
+    /// The m-line it arrives on at its publisher (ArcRTC: one made up per track).
     pub mid: Mid,
+    /// Its codec, when known before packets flow (ArcRTC tracks; WebRTC audio).
+    pub codec: Option<&'static ArcCodec>,
     pub publisher: ActorRef<peer::PeerMsg>,
 }
 
@@ -173,6 +203,8 @@ pub fn kind_name(kind: MediaKind) -> &'static str {
 pub struct Calls {
     pub config: CallsConfig,
     pub net: net::Net,
+    /// The ArcRTC socket (docs/arcrtc.md).
+    pub arc: arc::net::ArcNet,
     pub metrics: Arc<Metrics>,
     pub outlet: Outlet,
     pub node_name: String,
@@ -205,9 +237,14 @@ impl Calls {
         for addr in net.shared_addresses() {
             tracing::info!(%addr, "call media on UDP");
         }
+        let arc = arc::net::ArcNet::start(&config, metrics.clone())?;
+        for addr in arc.bound() {
+            tracing::info!(%addr, "ArcRTC media on UDP");
+        }
         let calls = Arc::new(Calls {
             config,
             net,
+            arc,
             metrics,
             outlet,
             node_name,
@@ -352,6 +389,35 @@ impl Calls {
                 |reply| CallMsg::Signal {
                     session,
                     signal,
+                    reply,
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            Ok(CallResult::Timeout) => Err(CallError::Internal("the call did not answer".into())),
+            Ok(CallResult::SenderError) | Err(_) => Err(CallError::NotInCall),
+        }
+    }
+
+    /// An ArcRTC request of this connection's participant in call `id`.
+    pub async fn arc(
+        &self,
+        id: &str,
+        session: SessionId,
+        request: ArcRequest,
+    ) -> Result<Value, CallError> {
+        let call = self
+            .registry
+            .get(id)
+            .map(|r| r.clone())
+            .ok_or(CallError::NotInCall)?;
+        match call
+            .call(
+                |reply| CallMsg::Arc {
+                    session,
+                    request,
                     reply,
                 },
                 Some(CALL_TIMEOUT),

@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 /// participants arrive between two reads.
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Larger than any datagram WebRTC sends (MTU-sized).
-const RECV_BUFFER: usize = 2048;
+pub(crate) const RECV_BUFFER: usize = 2048;
 
 /// One received datagram, as a participant gets it.
 pub struct Datagram {
@@ -61,7 +61,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Queue a datagram unless too many wait already.
-    fn deliver(&self, datagram: Datagram, metrics: &Metrics) {
+    pub(crate) fn deliver(&self, datagram: Datagram, metrics: &Metrics) {
         if self.queued.load(Ordering::Relaxed) >= MAX_QUEUED {
             metrics.rtc_dropped.with_label_values(&["peer_busy"]).inc();
             return;
@@ -93,14 +93,14 @@ impl Routes {
 
 /// A bound socket and the address it is announced as.
 #[derive(Clone)]
-struct Socket {
-    udp: Arc<UdpSocket>,
-    local: SocketAddr,
-    announced: SocketAddr,
+pub(crate) struct Socket {
+    pub(crate) udp: Arc<UdpSocket>,
+    pub(crate) local: SocketAddr,
+    pub(crate) announced: SocketAddr,
 }
 
 impl Socket {
-    fn new(udp: UdpSocket, public_ip: Option<IpAddr>) -> Result<Socket, CallError> {
+    pub(crate) fn new(udp: UdpSocket, public_ip: Option<IpAddr>) -> Result<Socket, CallError> {
         let local = udp.local_addr().map_err(CallError::Io)?;
         let announced = public_ip.map_or(local, |ip| SocketAddr::new(ip, local.port()));
         Ok(Socket {
@@ -288,7 +288,7 @@ impl Drop for Endpoint {
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<UdpSocket, CallError> {
+pub(crate) fn bind(addr: SocketAddr) -> Result<UdpSocket, CallError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(CallError::Io)?;

@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 use str0m::media::MediaKind;
 
 use super::{Channel, ChannelCtx, ChannelError, Reply};
-use crate::calls::{CallError, Calls, Signal, SignalTarget, TOPIC_PREFIX};
+use crate::calls::arc::codec::ArcCodec;
+use crate::calls::arc::srtp::Profile;
+use crate::calls::peer::MAX_PUBLISHED;
+use crate::calls::{ArcJoin, ArcRequest, CallError, Calls, Signal, SignalTarget, TOPIC_PREFIX};
 use crate::hub::Hub;
 use crate::pubsub::SessionId;
 
@@ -79,14 +82,76 @@ fn signal(event: &str, payload: &Value) -> Result<Signal, String> {
                 Some("video") => Some(MediaKind::Video),
                 Some(_) => return Err("kind must be \"audio\" or \"video\"".into()),
             };
-            let mid = payload
-                .get("mid")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            // WebRTC names a track by its m-line, ArcRTC by its track id.
+            let mid = match (payload.get("mid"), payload.get("track_id")) {
+                (Some(Value::String(m)), _) => Some(m.clone()),
+                (_, Some(Value::Number(n))) => Some(n.to_string()),
+                _ => None,
+            };
             Ok(Signal::Mute { kind, mid, muted })
         }
         other => Err(format!("unknown event {other:?}")),
     }
+}
+
+fn arc_codec(v: &Value) -> Result<&'static ArcCodec, String> {
+    let name = v.as_str().ok_or("codecs are named by strings")?;
+    ArcCodec::by_name(name).ok_or_else(|| format!("unknown codec {name:?}"))
+}
+
+/// A `{kind, codec}` track to publish.
+fn arc_track(v: &Value) -> Result<&'static ArcCodec, String> {
+    let codec = arc_codec(v.get("codec").unwrap_or(&Value::Null))?;
+    match v.get("kind").and_then(Value::as_str) {
+        None => Ok(codec),
+        Some(k) if k == crate::calls::kind_name(codec.kind) => Ok(codec),
+        Some(k) => Err(format!("codec {:?} is not {k}", codec.name)),
+    }
+}
+
+/// The ArcRTC events (docs/arcrtc.md §2), checked.
+fn arc_request(event: &str, payload: &Value) -> Option<Result<ArcRequest, String>> {
+    let list = |key: &str| payload.get(key).and_then(Value::as_array);
+    Some(match event {
+        "arc_join" => (|| {
+            if payload.get("version").and_then(Value::as_u64) != Some(1) {
+                return Err("unsupported ArcRTC version".to_string());
+            }
+            let codecs = match list("codecs") {
+                Some(l) => l.iter().map(arc_codec).collect::<Result<Vec<_>, _>>()?,
+                None => return Err("codecs must be a list of codec names".into()),
+            };
+            let publish = match list("publish") {
+                Some(l) => l.iter().map(arc_track).collect::<Result<Vec<_>, _>>()?,
+                None if payload.get("publish").is_none() => Vec::new(),
+                None => return Err("publish must be a list of {kind, codec}".into()),
+            };
+            if publish.len() > MAX_PUBLISHED {
+                return Err(format!("too many tracks (at most {MAX_PUBLISHED})"));
+            }
+            let profiles = list("srtp").ok_or("srtp must be a list of profile names")?;
+            let profile = Profile::choose(profiles.iter().filter_map(Value::as_str))
+                .ok_or("no common SRTP profile")?;
+            let receive = match payload.get("receive") {
+                None => true,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err("receive must be true or false".into()),
+            };
+            Ok(ArcRequest::Join(ArcJoin {
+                codecs,
+                publish,
+                profile,
+                receive,
+            }))
+        })(),
+        "arc_publish" => arc_track(payload).map(ArcRequest::Publish),
+        "arc_unpublish" => payload
+            .get("track_id")
+            .and_then(Value::as_u64)
+            .map(ArcRequest::Unpublish)
+            .ok_or_else(|| "track_id must be a number".to_string()),
+        _ => return None,
+    })
 }
 
 #[async_trait]
@@ -126,9 +191,18 @@ impl Channel for CallSignaling {
             Err(e) => return Ok(Some(Reply::error(e.to_string()))),
         };
         let id = call_id(ctx.topic);
-        if event == "call_end" {
+        if event == "call_end" || event == "arc_leave" {
             calls.leave(id, ctx.session, "left");
             return Ok(Some(Reply::Ok(json!({}))));
+        }
+        if let Some(request) = arc_request(event, &payload) {
+            return Ok(Some(match request {
+                Err(e) => Reply::error(e),
+                Ok(r) => match calls.arc(id, ctx.session, r).await {
+                    Ok(v) => Reply::Ok(v),
+                    Err(e) => Reply::error(e.to_string()),
+                },
+            }));
         }
         let signal = match signal(event, &payload) {
             Ok(s) => s,
@@ -191,5 +265,53 @@ mod tests {
         assert!(signal("track_muted", &json!({"kind": "smell", "muted": true})).is_err());
         assert!(signal("track_muted", &json!({"kind": "audio"})).is_err());
         assert!(signal("hello", &json!({})).is_err());
+    }
+
+    #[test]
+    fn arc_requests_are_checked_before_reaching_the_call() {
+        let join = |p: Value| match arc_request("arc_join", &p) {
+            Some(Ok(ArcRequest::Join(j))) => Ok(j),
+            Some(Err(e)) => Err(e),
+            _ => Err("not a join".into()),
+        };
+        let ok = join(json!({"version": 1, "codecs": ["opus", "h265"],
+            "publish": [{"kind": "audio", "codec": "opus"}],
+            "srtp": ["SRTP_NULL", "AES_CM_128_HMAC_SHA1_80"]}))
+        .unwrap();
+        assert_eq!(ok.codecs.len(), 2);
+        assert_eq!(ok.publish[0].name, "opus");
+        assert_eq!(ok.profile, Profile::AesCm128HmacSha1_80);
+        assert!(ok.receive);
+        let err = |p: Value| join(p).unwrap_err();
+        assert_eq!(err(json!({"version": 2})), "unsupported ArcRTC version");
+        assert_eq!(
+            err(json!({"version": 1, "codecs": ["theora"], "srtp": []})),
+            "unknown codec \"theora\""
+        );
+        assert_eq!(
+            err(json!({"version": 1, "codecs": [], "srtp": ["SRTP_NULL"]})),
+            "no common SRTP profile"
+        );
+        assert_eq!(
+            err(
+                json!({"version": 1, "codecs": [], "srtp": ["AEAD_AES_128_GCM"],
+                "publish": [{"kind": "video", "codec": "opus"}]})
+            ),
+            "codec \"opus\" is not video"
+        );
+        let five = vec![json!({"codec": "opus"}); 5];
+        assert_eq!(
+            err(json!({"version": 1, "codecs": [], "srtp": ["AEAD_AES_128_GCM"], "publish": five})),
+            "too many tracks (at most 4)"
+        );
+        assert!(matches!(
+            arc_request("arc_unpublish", &json!({"track_id": 3})),
+            Some(Ok(ArcRequest::Unpublish(3)))
+        ));
+        assert!(matches!(
+            arc_request("arc_unpublish", &json!({})),
+            Some(Err(_))
+        ));
+        assert!(arc_request("call_offer", &json!({})).is_none());
     }
 }

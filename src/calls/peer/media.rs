@@ -9,9 +9,14 @@ use str0m::format::CodecConfig;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 
-use super::{Forwarded, MAX_BACKLOG, MAX_PUBLISHED, OutState, PeerMsg, PeerState, Published};
+use super::{
+    ArcExt, Forwarded, MAX_BACKLOG, MAX_PUBLISHED, OutState, PeerMsg, PeerState, Published,
+    Subscriber,
+};
 use crate::actors::call::CallMsg;
+use crate::calls::arc::codec::ArcCodec;
 use crate::calls::{CallError, TrackId, TrackInfo, next_track_id};
+use crate::metrics::Metrics;
 
 impl PeerState {
     pub(super) fn publish(&mut self, mid: Mid, kind: MediaKind) {
@@ -33,12 +38,19 @@ impl PeerState {
             },
         );
         self.calls.metrics.rtc_tracks.inc();
+        // The codec the client lists first on this m-line (what it sends unless it switches).
+        let codec = self.rtc.media(mid).and_then(|m| {
+            let first = *m.remote_pts().first()?;
+            let params = self.rtc.codec_config().find(|c| c.pt() == first)?;
+            ArcCodec::of(params)
+        });
         let _ = self.call.cast(CallMsg::Published(TrackInfo {
             id,
             participant: self.participant.clone(),
             user_id: self.user_id.clone(),
             kind,
             mid,
+            codec,
             publisher: self.myself.clone(),
         }));
     }
@@ -111,23 +123,11 @@ impl PeerState {
                 video_content_type: ext.video_content_type,
                 ..Default::default()
             },
+            arc: ArcExt::default(),
             payload: p.payload,
             received: p.timestamp,
         });
-        for s in &track.subscribers {
-            if s.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
-                self.calls
-                    .metrics
-                    .rtc_dropped
-                    .with_label_values(&["slow_subscriber"])
-                    .inc();
-                continue;
-            }
-            s.backlog.fetch_add(1, Ordering::Relaxed);
-            if s.peer.cast(PeerMsg::Rtp(forwarded.clone())).is_err() {
-                s.backlog.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        fan_out(&track.subscribers, &forwarded, &self.calls.metrics);
     }
 
     pub(super) fn unsubscribe(&mut self, id: TrackId) {
@@ -301,9 +301,26 @@ impl PeerState {
     }
 }
 
+/// Hand one packet to every subscriber, unless its mailbox is full.
+pub(crate) fn fan_out(subscribers: &[Subscriber], forwarded: &Arc<Forwarded>, metrics: &Metrics) {
+    for s in subscribers {
+        if s.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+            metrics
+                .rtc_dropped
+                .with_label_values(&["slow_subscriber"])
+                .inc();
+            continue;
+        }
+        s.backlog.fetch_add(1, Ordering::Relaxed);
+        if s.peer.cast(PeerMsg::Rtp(forwarded.clone())).is_err() {
+            s.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Maps a publisher's sequence numbers to ours on one forwarded track.
 #[derive(Debug, Default)]
-pub(super) struct SeqMap {
+pub(crate) struct SeqMap {
     /// The publisher SSRC being forwarded, and what is added to its numbers.
     source: Option<(u32, i64)>,
     /// The highest number we sent.
@@ -315,7 +332,7 @@ impl SeqMap {
     /// the first source starts at rollover 0 (where the receiver's SRTP
     /// starts), a new source (the publisher replaced its track) continues
     /// right after the last number sent. Gaps stay gaps. None: too old.
-    pub(super) fn out(&mut self, ssrc: u32, seq: u64) -> Option<u64> {
+    pub(crate) fn out(&mut self, ssrc: u32, seq: u64) -> Option<u64> {
         let offset = match self.source {
             Some((s, offset)) if s == ssrc => offset,
             _ => {

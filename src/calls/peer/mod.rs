@@ -25,11 +25,12 @@ use str0m::rtp::{ExtensionValues, Ssrc};
 use str0m::{Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use tokio::sync::watch;
 
+use super::arc::codec::ArcCodec;
 use super::net::{Datagram, Endpoint, Inbox};
 use super::{CallError, Calls, SignalTarget, TrackId, TrackInfo};
 use crate::actors::call::CallMsg;
 
-mod media;
+pub(crate) mod media;
 mod sdp;
 
 pub struct Peer;
@@ -75,6 +76,14 @@ pub enum PeerMsg {
     Rtp(Arc<Forwarded>),
     /// A subscriber of my track on `mid` needs a keyframe.
     Keyframe(Mid, KeyframeRequestKind),
+    /// ArcRTC only: answer the `arc_join` (keys, SSRCs, what is received).
+    ArcReply(RpcReplyPort<Result<serde_json::Value, CallError>>),
+    /// ArcRTC only: `arc_publish`, `arc_unpublish`.
+    ArcPublish(
+        &'static ArcCodec,
+        RpcReplyPort<Result<serde_json::Value, CallError>>,
+    ),
+    ArcUnpublish(TrackId, RpcReplyPort<Result<serde_json::Value, CallError>>),
 }
 
 /// A Peer as its publishers see it: its mailbox, and how many forwarded
@@ -87,10 +96,10 @@ pub struct Subscriber {
 
 /// Packets that may wait in a subscriber's mailbox; beyond, new ones are
 /// dropped for it (a stalled Peer must not grow without bound; RTP survives loss).
-const MAX_BACKLOG: usize = 2048;
+pub(crate) const MAX_BACKLOG: usize = 2048;
 
 /// Tracks one participant may publish (camera, microphone, screen and its audio).
-const MAX_PUBLISHED: usize = 4;
+pub(crate) const MAX_PUBLISHED: usize = 4;
 
 /// One RTP packet on its way from a publisher to its subscribers.
 pub struct Forwarded {
@@ -103,9 +112,18 @@ pub struct Forwarded {
     pub time: u32,
     pub marker: bool,
     pub ext: ExtensionValues,
+    /// ArcRTC's own header extensions, passed on to ArcRTC subscribers only.
+    pub arc: ArcExt,
     pub payload: Arc<[u8]>,
     /// When its datagram was read from the socket.
     pub received: Instant,
+}
+
+/// The ArcRTC header extensions of a packet (docs/arcrtc.md §5.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArcExt {
+    pub hints: Option<[u8; 3]>,
+    pub send_time: Option<u64>,
 }
 
 /// A track this peer publishes.
@@ -491,6 +509,11 @@ impl Actor for Peer {
                 forwarded_at = Some(f.received);
             }
             PeerMsg::Keyframe(mid, kind) => state.keyframe(mid, kind),
+            PeerMsg::ArcReply(reply)
+            | PeerMsg::ArcPublish(_, reply)
+            | PeerMsg::ArcUnpublish(_, reply) => {
+                let _ = reply.send(Err(CallError::TransportChosen));
+            }
         }
         state.drain();
         if state.negotiate() {
