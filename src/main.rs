@@ -67,6 +67,40 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Join a call as a native ArcRTC client (docs/arcrtc.md): send a tone or a
+    /// file, receive the others, print per-second stats per received track.
+    ArcClient {
+        /// The node's Phoenix socket.
+        #[arg(long, default_value = "ws://127.0.0.1:4000/socket/websocket")]
+        url: String,
+        /// The call id (topic `signaling:call:ID`).
+        #[arg(long)]
+        call: String,
+        /// A JWT allowed to join the call (`armoricore token`).
+        #[arg(long, env = "ARMORICORE_TOKEN")]
+        token: String,
+        /// Send this file: Ogg Opus, or IVF (VP8, VP9, AV1); looped.
+        #[arg(long, conflicts_with = "tone")]
+        send: Option<PathBuf>,
+        /// Send a 440 Hz Opus tone.
+        #[arg(long)]
+        tone: bool,
+        /// Receive the others' tracks (the default when sending nothing).
+        #[arg(long)]
+        receive: bool,
+        /// Codecs this client can receive (default: all ArcRTC codecs).
+        #[arg(long, value_delimiter = ',')]
+        codecs: Option<Vec<String>>,
+        /// Stop after this long (e.g. `10s`); default: until the call ends or Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Send media to this address instead of the node's (a relay).
+        #[arg(long)]
+        endpoint: Option<std::net::SocketAddr>,
+        /// Print JSON lines (one per second, then a summary) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(config: &Config, format: LogFormat) {
@@ -120,6 +154,60 @@ async fn main() -> anyhow::Result<()> {
                 meta: None,
             };
             println!("{}", verifier.mint(&claims, Some(ttl))?);
+            Ok(())
+        }
+        Command::ArcClient {
+            url,
+            call,
+            token,
+            send,
+            tone,
+            receive,
+            codecs,
+            duration,
+            endpoint,
+            json,
+        } => {
+            use armoricore::calls::arc::client::{self, ClientConfig, Source};
+            let mut c = ClientConfig::new(&url, &call, &token);
+            c.send = match (send, tone) {
+                (Some(path), _) => Some(Source::File(path)),
+                (None, true) => Some(Source::Tone),
+                (None, false) => None,
+            };
+            c.receive = receive || c.send.is_none();
+            if let Some(codecs) = codecs {
+                c.codecs = codecs;
+            }
+            c.duration = duration;
+            c.endpoint = endpoint;
+            let print = move |s: &client::Second| {
+                if json {
+                    println!("{}", serde_json::json!({"second": s}));
+                    return;
+                }
+                let mut line = format!("{:>4}s sent {:>4} resent {:>3}", s.elapsed_s, s.sent_packets, s.resent_packets);
+                for t in &s.tracks {
+                    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+                    line.push_str(&format!(
+                        " | {} {} pkts {} lost {} recovered {} jitter {:.2} ms latency p50 {} p99 {} ms",
+                        t.user_id.as_deref().unwrap_or("?"),
+                        t.codec.as_deref().unwrap_or("?"),
+                        t.packets, t.lost, t.recovered, t.jitter_ms,
+                        ms(t.latency_p50_ms), ms(t.latency_p99_ms),
+                    ));
+                }
+                println!("{line}");
+            };
+            let summary = tokio::select! {
+                r = client::run(c, print) => r?,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            if json {
+                println!("{}", serde_json::json!({"summary": summary}));
+            } else {
+                println!("ended ({}): sent {} packets, resent {}, {} SRTP failures", summary.ended, summary.sent_packets, summary.resent_packets, summary.srtp_failures);
+            }
             Ok(())
         }
         Command::Transcode {

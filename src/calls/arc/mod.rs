@@ -7,7 +7,7 @@
 //! UDP ─▶ ArcNet (SSRC → session) ─▶ ArcPeer: SRTP check ─▶ Arc<Forwarded> ─▶ subscribers (Peer or ArcPeer)
 //! ```
 
-// pub mod client;
+pub mod client;
 pub mod codec;
 pub mod media_file;
 pub mod net;
