@@ -186,7 +186,10 @@ async fn main() -> anyhow::Result<()> {
                     println!("{}", serde_json::json!({"second": s}));
                     return;
                 }
-                let mut line = format!("{:>4}s sent {:>4} resent {:>3}", s.elapsed_s, s.sent_packets, s.resent_packets);
+                let mut line = format!(
+                    "{:>4}s sent {:>4} resent {:>3}",
+                    s.elapsed_s, s.sent_packets, s.resent_packets
+                );
                 for t in &s.tracks {
                     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
                     line.push_str(&format!(
@@ -206,7 +209,13 @@ async fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::json!({"summary": summary}));
             } else {
-                println!("ended ({}): sent {} packets, resent {}, {} SRTP failures", summary.ended, summary.sent_packets, summary.resent_packets, summary.srtp_failures);
+                println!(
+                    "ended ({}): sent {} packets, resent {}, {} SRTP failures",
+                    summary.ended,
+                    summary.sent_packets,
+                    summary.resent_packets,
+                    summary.srtp_failures
+                );
             }
             Ok(())
         }

@@ -35,8 +35,9 @@ const HELLO_FOR: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Largest RTP payload: 1,200 bytes of UDP minus header, extensions, SRTP tag.
 const MTU_PAYLOAD: usize = 1200 - 12 - 20 - 16;
-/// Round trip assumed for NACK retries (loopback and LAN; no RTT estimate yet).
-const RTT: Duration = Duration::from_millis(20);
+/// NACK retries wait one round trip: the hello's, within these bounds.
+const RTT_MIN: Duration = Duration::from_millis(5);
+const RTT_MAX: Duration = Duration::from_millis(200);
 /// What a sender keeps for NACKs.
 const RESEND_PACKETS: usize = 1024;
 
@@ -83,6 +84,8 @@ pub struct ClientConfig {
     pub endpoint: Option<SocketAddr>,
     /// Jitter buffer target (docs/arcrtc.md §5.3: 20 ms).
     pub jitter_delay: Duration,
+    /// NACK what is missing (off: losses stay losses; for comparisons).
+    pub nack: bool,
 }
 
 impl ClientConfig {
@@ -100,6 +103,7 @@ impl ClientConfig {
             duration: None,
             endpoint: None,
             jitter_delay: Duration::from_millis(20),
+            nack: true,
         }
     }
 }
@@ -328,7 +332,10 @@ fn ws_url(config: &ClientConfig) -> String {
 fn pick_endpoint(reply: &Value, ws_host: Option<IpAddr>) -> Option<SocketAddr> {
     let parse = |v: &Value| -> Option<SocketAddr> {
         let ip: IpAddr = v["host"].as_str()?.parse().ok()?;
-        Some(SocketAddr::new(ip, u16::try_from(v["port"].as_u64()?).ok()?))
+        Some(SocketAddr::new(
+            ip,
+            u16::try_from(v["port"].as_u64()?).ok()?,
+        ))
     };
     let all: Vec<SocketAddr> = reply["endpoints"]
         .as_array()
@@ -424,6 +431,7 @@ pub async fn run(
     let started = Instant::now();
     let stop_at = config.duration.map(|d| started + d);
     let mut flowing = false;
+    let mut rtt = RTT_MAX;
     let mut last_hello: Option<Instant> = None;
     let mut heard = Instant::now();
     let mut last_sent = Instant::now();
@@ -491,7 +499,13 @@ pub async fn run(
                             continue;
                         };
                         heard = at;
-                        flowing = true;
+                        if !flowing {
+                            // The node answers the hello at once: one round trip.
+                            flowing = true;
+                            if let Some(sent) = last_hello {
+                                rtt = at.duration_since(sent).clamp(RTT_MIN, RTT_MAX);
+                            }
+                        }
                         for p in rtp::parse_rtcp(&clear).unwrap_or_default() {
                             match p {
                                 Rtcp::Nack { media, lost } => {
@@ -587,7 +601,7 @@ pub async fn run(
                 // Receivers: play out, NACK what is missing.
                 for (ssrc, track) in &mut incoming {
                     track.receiver.pop_ready(now);
-                    let lost = track.receiver.nacks_due(now, RTT);
+                    let lost = if config.nack { track.receiver.nacks_due(now, rtt) } else { Vec::new() };
                     if !lost.is_empty() {
                         let nack = srtp.protect_rtcp(&rtp::nack(rtcp_ssrc, *ssrc, &lost))?;
                         send(&udp, &nack);
@@ -675,7 +689,10 @@ mod tests {
             pick_endpoint(&reply, ws),
             Some("10.0.0.5:5000".parse().unwrap())
         );
-        assert_eq!(url_host("ws://localhost/x"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(
+            url_host("ws://localhost/x"),
+            Some(IpAddr::from([127, 0, 0, 1]))
+        );
         assert_eq!(url_host("ws://[::1]:4000/x"), "::1".parse().ok());
     }
 

@@ -48,15 +48,18 @@ pub struct ArcPeerArgs {
 }
 
 /// How often the session checks timeouts, keep-alives and NACK retries.
-const TICK: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(10);
 /// A side that sent nothing for this long sends a receiver report.
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// What the node keeps of each stream it sends, for NACKs (§5.3).
 const RESEND_WINDOW: Duration = Duration::from_secs(1);
 const RESEND_PACKETS: usize = 1024;
-/// NACKs for one missing packet: at most this many, this far apart.
+/// NACKs for one missing packet: at most this many, one round trip apart
+/// (measured from NACK to retransmission; this until measured, and within bounds).
 const NACK_TRIES: u8 = 3;
-const NACK_RETRY: Duration = Duration::from_millis(40);
+const RTT_INITIAL: Duration = Duration::from_millis(10);
+const RTT_MIN: Duration = Duration::from_millis(5);
+const RTT_MAX: Duration = Duration::from_millis(200);
 /// A jump in sequence numbers larger than this is a restart, not a loss.
 const MAX_GAP: u64 = 512;
 
@@ -116,6 +119,8 @@ pub struct ArcState {
     path: Option<(SocketAddr, SocketAddr)>,
     heard: Instant,
     sent: Instant,
+    /// Round trip to the client, smoothed (RFC 6298 style, 1/8 gain).
+    rtt: Duration,
     published: Vec<Published>,
     subscribed: HashMap<TrackId, Subscribed>,
     by_ssrc: HashMap<u32, TrackId>,
@@ -427,7 +432,11 @@ impl ArcState {
                 track.received = 1;
             }
             _ => {
-                track.missing.remove(&seq);
+                // A retransmission: it came one round trip after the last NACK.
+                if let Some((nacked, _)) = track.missing.remove(&seq) {
+                    let sample = at.saturating_duration_since(nacked);
+                    self.rtt = (self.rtt * 7 + sample) / 8;
+                }
             }
         }
         track.highest = Some(track.highest.map_or(seq, |h| h.max(seq)));
@@ -562,6 +571,7 @@ impl ArcState {
         self.flush_keyframes(now);
         // NACK again what is still missing, a few times.
         let mut nacks = Vec::new();
+        let retry = self.rtt.clamp(RTT_MIN, RTT_MAX);
         for t in &mut self.published {
             let floor = t.highest.unwrap_or(0).saturating_sub(MAX_GAP);
             t.missing
@@ -569,7 +579,7 @@ impl ArcState {
             let due: Vec<u16> = t
                 .missing
                 .iter_mut()
-                .filter(|(_, (at, _))| now.duration_since(*at) >= NACK_RETRY)
+                .filter(|(_, (at, _))| now.duration_since(*at) >= retry)
                 .map(|(seq, entry)| {
                     *entry = (now, entry.1 + 1);
                     *seq as u16
@@ -661,6 +671,7 @@ impl Actor for ArcPeer {
             path: None,
             heard: now,
             sent: now,
+            rtt: RTT_INITIAL,
             published: Vec::new(),
             subscribed: HashMap::new(),
             by_ssrc: HashMap::new(),

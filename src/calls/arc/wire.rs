@@ -12,14 +12,16 @@ pub enum Packet {
 
 /// Classify an (S)RTP or (S)RTCP datagram; `None` for anything else.
 pub fn classify(data: &[u8]) -> Option<Packet> {
-    if data.len() < 12 || data[0] >> 6 != 2 {
+    if data.len() < 8 || data[0] >> 6 != 2 {
         return None;
     }
     let ssrc = |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
     if (200..=206).contains(&data[1]) {
         Some(Packet::Rtcp { ssrc: ssrc(4) })
-    } else {
+    } else if data.len() >= 12 {
         Some(Packet::Rtp { ssrc: ssrc(8) })
+    } else {
+        None
     }
 }
 
