@@ -59,7 +59,7 @@ export function joinCall({token, callId, media, onStream = () => {}, onLeave = (
 
 /** Bytes, packets and frames received so far, per kind (from getStats). */
 export async function inboundStats(pc){
-  const out = {audio: {bytes: 0, packets: 0}, video: {bytes: 0, packets: 0, frames: 0}}
+  const out = {audio: {bytes: 0, packets: 0, samples: 0, concealed: 0}, video: {bytes: 0, packets: 0, frames: 0}}
   if(!pc){ return out }
   for(const s of (await pc.getStats()).values()){
     if(s.type !== "inbound-rtp"){ continue }
@@ -67,6 +67,11 @@ export async function inboundStats(pc){
     k.bytes += s.bytesReceived || 0
     k.packets += s.packetsReceived || 0
     if(s.kind === "video"){ k.frames += s.framesDecoded || 0 }
+    if(s.kind === "audio"){
+      // Decoded audio, and how much of it the decoder had to make up.
+      k.samples += s.totalSamplesReceived || 0
+      k.concealed += s.concealedSamples || 0
+    }
   }
   return out
 }
