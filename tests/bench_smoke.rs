@@ -168,4 +168,11 @@ fn the_calls_scenario_forwards_through_the_sfu() {
         result["direct"]["samples"].as_u64().unwrap() > 50,
         "{result}"
     );
+    // The same call with native ArcRTC clients, through the same node.
+    let arc = &result["arcrtc"];
+    assert!(arc["delivered_ratio"].as_f64().unwrap() > 0.9, "{result}");
+    assert!(
+        arc["latency"]["samples"].as_u64().unwrap() > 400,
+        "{result}"
+    );
 }

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+#[path = "armoricore-bench/arc.rs"]
+mod arc;
 #[path = "armoricore-bench/bus.rs"]
 mod bus;
 #[path = "armoricore-bench/calls.rs"]

@@ -10,6 +10,7 @@
 //! direct      publisher ──UDP/SRTP──▶ subscriber                  (the baseline)
 //! armoricore  N participants in one call, each publishing one track that
 //!             every other one receives: publisher ──▶ node (SFU) ──▶ N−1 subscribers
+//! arcrtc      the same call with N native ArcRTC clients, on the same node
 //! ```
 //!
 //! Every packet carries the time it was written; the receiver records
@@ -63,7 +64,7 @@ pub struct CallsArgs {
 
 /// Microsecond histograms shared by a run's receivers.
 #[derive(Clone)]
-struct Meter {
+pub struct Meter {
     latency: Arc<Mutex<Histogram<u64>>>,
     received: Arc<Mutex<HashMap<(usize, usize), u64>>>,
 }
@@ -79,6 +80,30 @@ impl Meter {
     fn reset(&self) {
         self.latency.lock().reset();
     }
+
+    /// A packet `stamped` by another participant reached participant `index`.
+    pub fn record(&self, index: usize, payload: &[u8], epoch: Instant) {
+        if payload.len() < 16 {
+            return;
+        }
+        let sent = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+        let from = u64::from_be_bytes(payload[8..16].try_into().expect("8 bytes")) as usize;
+        let now = Instant::now().duration_since(epoch).as_micros() as u64;
+        self.latency
+            .lock()
+            .record(now.saturating_sub(sent).max(1))
+            .ok();
+        *self.received.lock().entry((from, index)).or_default() += 1;
+    }
+}
+
+/// A payload of `size` bytes carrying when it was made (µs since `epoch`) and by whom.
+pub fn stamped(index: usize, size: usize, epoch: Instant) -> Vec<u8> {
+    let mut payload = vec![0u8; size.max(16)];
+    let us = Instant::now().duration_since(epoch).as_micros() as u64;
+    payload[..8].copy_from_slice(&us.to_be_bytes());
+    payload[8..16].copy_from_slice(&(index as u64).to_be_bytes());
+    payload
 }
 
 /// What a client tells its signaling side: an answer to a server offer.
@@ -159,11 +184,8 @@ impl Client {
         else {
             return;
         };
-        let mut payload = vec![0u8; size.max(16)];
+        let payload = stamped(self.index, size, self.epoch);
         let now = Instant::now();
-        let us = now.duration_since(self.epoch).as_micros() as u64;
-        payload[..8].copy_from_slice(&us.to_be_bytes());
-        payload[8..16].copy_from_slice(&(self.index as u64).to_be_bytes());
         self.seq += 1;
         let time = (self.seq * 960) as u32;
         let mut api = self.rtc.direct_api();
@@ -173,23 +195,7 @@ impl Client {
     }
 
     fn received(&self, payload: &[u8]) {
-        if payload.len() < 16 {
-            return;
-        }
-        let sent = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
-        let from = u64::from_be_bytes(payload[8..16].try_into().expect("8 bytes")) as usize;
-        let now = Instant::now().duration_since(self.epoch).as_micros() as u64;
-        self.meter
-            .latency
-            .lock()
-            .record(now.saturating_sub(sent).max(1))
-            .ok();
-        *self
-            .meter
-            .received
-            .lock()
-            .entry((from, self.index))
-            .or_default() += 1;
+        self.meter.record(self.index, payload, self.epoch);
     }
 
     /// Poll until a timeout; returns it.
@@ -398,9 +404,25 @@ async fn wait_until(
     }
 }
 
-/// N participants in one call through a node running on its own runtime.
-async fn through_node(args: &CallsArgs) -> anyhow::Result<Value> {
-    let node_rt = tokio::runtime::Builder::new_multi_thread()
+/// The node, on a runtime of its own, and the token key its clients use.
+struct BenchNode {
+    rt: tokio::runtime::Runtime,
+    node: Node,
+    dir: std::path::PathBuf,
+}
+
+fn token(i: usize) -> anyhow::Result<String> {
+    let key = jsonwebtoken::EncodingKey::from_secret(b"bench-secret");
+    let claims = json!({"sub": format!("p{i}"), "exp": 4_000_000_000u64});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &key,
+    )?)
+}
+
+async fn start_node(args: &CallsArgs) -> anyhow::Result<BenchNode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.node_threads)
         .thread_name("armoricore-node")
         .enable_all()
@@ -415,36 +437,30 @@ async fn through_node(args: &CallsArgs) -> anyhow::Result<Value> {
     config.database.url = "off".into();
     config.calls.addresses = vec!["127.0.0.1".parse()?];
     config.calls.max_participants = args.participants.max(2);
-    let node = node_rt
+    let node = rt
         .spawn(async move {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             let router = armoricore::channels::Router::standard(&config);
             anyhow::Ok(Node::start(config, router, listener).await?)
         })
         .await??;
-    let addr = node.addr();
-    let metrics = node.hub().metrics.clone();
+    Ok(BenchNode { rt, node, dir })
+}
 
-    let epoch = Instant::now();
-    let meter = Meter::new();
-    let (stop_tx, stop) = watch::channel(false);
-    let mut tasks = Vec::new();
-    let key = jsonwebtoken::EncodingKey::from_secret(b"bench-secret");
-    for i in 0..args.participants {
-        let mut c = Client::new(i, meter.clone(), epoch).await?;
-        let offer = c.offer();
-        let claims = json!({"sub": format!("p{i}"), "exp": 4_000_000_000u64});
-        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?;
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = signaling(addr, token, offer, in_tx, out_rx).await {
-                eprintln!("calls: signaling {i}: {e}");
-            }
-        }));
-        let (stop, pps, size) = (stop.clone(), args_pps(args), args.size);
-        tasks.push(tokio::spawn(c.run(pps, size, in_rx, out_tx, stop)));
+impl BenchNode {
+    async fn stop(self) -> anyhow::Result<()> {
+        let node = self.node;
+        self.rt.spawn(async move { node.shutdown().await }).await?;
+        self.rt.shutdown_background();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
     }
+}
+
+/// Every participant receives every other one: wait for that, then measure
+/// `args.seconds` of forwarding (latency, node CPU, packets).
+async fn measure(args: &CallsArgs, node: &BenchNode, meter: &Meter) -> anyhow::Result<Value> {
+    let metrics = node.node.hub().metrics.clone();
     let pairs: Vec<(usize, usize)> = (0..args.participants)
         .flat_map(|a| {
             (0..args.participants)
@@ -452,8 +468,7 @@ async fn through_node(args: &CallsArgs) -> anyhow::Result<Value> {
                 .map(move |b| (a, b))
         })
         .collect();
-    wait_until(&meter, &pairs, Duration::from_secs(30)).await?;
-
+    wait_until(meter, &pairs, Duration::from_secs(30)).await?;
     meter.reset();
     let (cpu0, fwd0, t0) = (
         node_cpu_seconds(),
@@ -469,14 +484,6 @@ async fn through_node(args: &CallsArgs) -> anyhow::Result<Value> {
     );
     let internal = metrics.rtc_forward_seconds.get_sample_count() - internal0;
     let latency = quantiles(&meter.latency.lock());
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        t.abort();
-    }
-    node_rt.spawn(async move { node.shutdown().await }).await?;
-    node_rt.shutdown_background();
-    let _ = std::fs::remove_dir_all(&dir);
-
     let forwarded = (fwd1 - fwd0) as f64;
     let cpu = cpu1 - cpu0;
     let offered =
@@ -493,12 +500,71 @@ async fn through_node(args: &CallsArgs) -> anyhow::Result<Value> {
     }))
 }
 
+/// N WebRTC participants in one call through the node.
+async fn webrtc_call(args: &CallsArgs, node: &BenchNode) -> anyhow::Result<Value> {
+    let addr = node.node.addr();
+    let epoch = Instant::now();
+    let meter = Meter::new();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..args.participants {
+        let mut c = Client::new(i, meter.clone(), epoch).await?;
+        let offer = c.offer();
+        let token = token(i)?;
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = signaling(addr, token, offer, in_tx, out_rx).await {
+                eprintln!("calls: signaling {i}: {e}");
+            }
+        }));
+        let (stop, pps, size) = (stop.clone(), args_pps(args), args.size);
+        tasks.push(tokio::spawn(c.run(pps, size, in_rx, out_tx, stop)));
+    }
+    let result = measure(args, node, &meter).await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.abort();
+    }
+    result
+}
+
+/// The same call with N native ArcRTC participants, through the same node.
+async fn arc_call(args: &CallsArgs, node: &BenchNode) -> anyhow::Result<Value> {
+    let addr = node.node.addr();
+    let epoch = Instant::now();
+    let meter = Meter::new();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..args.participants {
+        let (meter, stop, token) = (meter.clone(), stop.clone(), token(i)?);
+        let load = (args_pps(args), args.size);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = super::arc::participant(i, addr, token, meter, epoch, load, stop).await
+            {
+                eprintln!("calls: ArcRTC participant {i}: {e}");
+            }
+        }));
+    }
+    let result = measure(args, node, &meter).await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    result
+}
+
 pub async fn run(args: CallsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.participants >= 2, "--participants must be at least 2");
     let base = direct(&args).await?;
-    let sfu = through_node(&args).await?;
+    let node = start_node(&args).await?;
+    let sfu = webrtc_call(&args, &node).await;
+    let arc = arc_call(&args, &node).await;
+    node.stop().await?;
+    let (sfu, arc) = (sfu?, arc?);
     let added =
         |q: &str| sfu["latency"][q].as_f64().unwrap_or(0.0) - base[q].as_f64().unwrap_or(0.0);
+    let arc_ms = |q: &str| arc["latency"][q].as_f64().unwrap_or(0.0);
     println!(
         "calls: {} participants, {} pps × {} B each, {} s, node on {} thread(s)\n  direct (baseline):  p50 {:.3} ms, p99 {:.3} ms\n  through the SFU:    p50 {:.3} ms, p99 {:.3} ms  → added p50 {:.3} ms, p99 {:.3} ms\n  forwarded {:.0} packets/s ({:.3} of offered), node CPU {:.2} cores → {:.0} packets per CPU-second",
         args.participants,
@@ -517,11 +583,21 @@ pub async fn run(args: CallsArgs) -> anyhow::Result<()> {
         sfu["node_cores_busy"].as_f64().unwrap_or(0.0),
         sfu["packets_per_cpu_s"].as_f64().unwrap_or(0.0),
     );
+    println!(
+        "  ArcRTC, same node:  p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (end to end: client SRTP, node, client)\n  forwarded {:.0} packets/s ({:.3} of offered), node CPU {:.2} cores → {:.0} packets per CPU-second",
+        arc_ms("p50_ms"),
+        arc_ms("p99_ms"),
+        arc_ms("max_ms"),
+        arc["forwarded_per_s"].as_f64().unwrap_or(0.0),
+        arc["delivered_ratio"].as_f64().unwrap_or(0.0),
+        arc["node_cores_busy"].as_f64().unwrap_or(0.0),
+        arc["packets_per_cpu_s"].as_f64().unwrap_or(0.0),
+    );
     if args.json {
         let j = json!({
             "scenario": "calls", "participants": args.participants, "pps": args.pps,
             "size": args.size, "seconds": args.seconds, "node_threads": args.node_threads,
-            "direct": base, "armoricore": sfu,
+            "direct": base, "armoricore": sfu, "arcrtc": arc,
             "added_p50_ms": added("p50_ms"), "added_p99_ms": added("p99_ms"),
         });
         println!("{j}");
