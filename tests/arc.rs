@@ -184,6 +184,61 @@ async fn arcrtc_and_webrtc_participants_hear_each_other_through_the_bridge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_vp8_reaches_a_webrtc_participant_whose_keyframe_requests_reach_the_native_side() {
+    // A real VP8 stream: one second of ffmpeg's test pattern, keyframe every second.
+    let dir = tempfile::tempdir().unwrap();
+    let ivf = dir.path().join("pattern.ivf");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+        ])
+        .args(["-t", "1", "-c:v", "libvpx", "-b:v", "300k", "-g", "30"])
+        .arg(&ivf)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(made.success());
+    let node = node().await;
+    let audio = PeerOptions {
+        audio: true,
+        video: false,
+    };
+    let web = CallClient::join(&node, "web", "video", audio).await;
+    web.peer
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut c = config(&node, "camera", "video");
+    c.send = Some(Source::File(ivf));
+    c.receive = false;
+    c.duration = Some(Duration::from_secs(4));
+    let summary = client::run(c, |_| {}).await.unwrap();
+    let got = web
+        .peer
+        .received()
+        .into_iter()
+        .find(|r| r.kind == Kind::Video)
+        .expect("the WebRTC participant got the native video track");
+    // 30 frames a second, each one or more packets.
+    assert!(got.packets.len() >= 60, "{} packets", got.packets.len());
+    assert!(
+        got.packets
+            .iter()
+            .all(|p| p.payload_type == got.packets[0].payload_type)
+    );
+    // The frames' ends are marked, in order.
+    assert!(got.packets.iter().filter(|p| p.marker).count() >= 60);
+    // The subscriber's keyframe requests (PLI when its m-line opened) came back
+    // through the bridge as RTCP to the native publisher.
+    assert!(summary.keyframe_requests >= 1, "{summary:?}");
+    assert!(node.metric("armoricore_rtc_keyframe_requests_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codecs_a_participant_lacks_are_announced_not_sent() {
     let node = node().await;
     let none = PeerOptions::default();

@@ -228,6 +228,13 @@ impl CallState {
         match p.transport {
             Transport::Undecided => {
                 p.transport = Transport::WebRtc;
+                // Now it is a browser: tell it which tracks it will not get.
+                for track in &self.tracks {
+                    if let Some(reason) = refusal(&self.calls, &p.transport, track) {
+                        p.signal
+                            .push("track_unavailable", &unavailable(track, &reason));
+                    }
+                }
                 Ok(())
             }
             Transport::WebRtc => Ok(()),
@@ -386,8 +393,34 @@ impl CallState {
     }
 }
 
+/// Why a participant cannot receive `track` (a codec it lacks), if it cannot.
+fn refusal(calls: &Calls, transport: &Transport, track: &TrackInfo) -> Option<String> {
+    let codec = track.codec?;
+    let refused = match transport {
+        Transport::Arc { codecs, .. } => !codecs.contains(&codec),
+        Transport::Undecided | Transport::WebRtc => {
+            !codec.browsers
+                || (codec.kind == str0m::media::MediaKind::Video
+                    && !calls.config.video_codecs.iter().any(|v| v == codec.name))
+        }
+    };
+    refused.then(|| format!("codec \"{}\" not supported by this participant", codec.name))
+}
+
+fn unavailable(track: &TrackInfo, reason: &str) -> Value {
+    json!({
+        "track_id": track.id,
+        "participant_id": track.participant,
+        "user_id": track.user_id,
+        "kind": kind_name(track.kind),
+        "codec": track.codec.map(|c| c.name),
+        "reason": reason,
+    })
+}
+
 /// Offer `track` to a participant: subscribe it when it can receive the track,
-/// or tell it why not (`track_unavailable`: a codec it lacks).
+/// or tell it why not (`track_unavailable`: a codec it lacks). A participant
+/// that has not chosen its transport yet hears about refusals when it does.
 fn offer_track(
     calls: &Calls,
     transport: &Transport,
@@ -395,30 +428,13 @@ fn offer_track(
     signal: &SignalTarget,
     track: &Arc<TrackInfo>,
 ) {
-    let refused = match (transport, track.codec) {
-        (Transport::Arc { receive: false, .. }, _) => return,
-        (Transport::Arc { codecs, .. }, Some(c)) => !codecs.contains(&c),
-        (Transport::Arc { .. }, None) => false,
-        (_, Some(c)) => {
-            !c.browsers
-                || (c.kind == str0m::media::MediaKind::Video
-                    && !calls.config.video_codecs.iter().any(|v| v == c.name))
+    if let Transport::Arc { receive: false, .. } = transport {
+        return;
+    }
+    if let Some(reason) = refusal(calls, transport, track) {
+        if !matches!(transport, Transport::Undecided) {
+            signal.push("track_unavailable", &unavailable(track, &reason));
         }
-        (_, None) => false,
-    };
-    if refused {
-        let codec = track.codec.map_or("?", |c| c.name);
-        signal.push(
-            "track_unavailable",
-            &json!({
-                "track_id": track.id,
-                "participant_id": track.participant,
-                "user_id": track.user_id,
-                "kind": kind_name(track.kind),
-                "codec": codec,
-                "reason": format!("codec \"{codec}\" not supported by this participant"),
-            }),
-        );
         return;
     }
     let _ = subscriber.peer.cast(PeerMsg::Subscribe(track.clone()));

@@ -38,8 +38,11 @@ const MTU_PAYLOAD: usize = 1200 - 12 - 20 - 16;
 /// NACK retries wait one round trip: the hello's, within these bounds.
 const RTT_MIN: Duration = Duration::from_millis(5);
 const RTT_MAX: Duration = Duration::from_millis(200);
-/// What a sender keeps for NACKs.
+/// What a sender keeps for NACKs: the last second, at most this many packets.
 const RESEND_PACKETS: usize = 1024;
+const RESEND_WINDOW: Duration = Duration::from_secs(1);
+/// Packets one NACK may have sent again.
+const MAX_RESEND_PER_NACK: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -171,6 +174,7 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 /// A received track: its jitter buffer and what is known of it.
 struct Incoming {
     receiver: Receiver,
+    video: bool,
     stats: TrackStats,
     all_latencies: Vec<f64>,
 }
@@ -231,8 +235,21 @@ struct Outgoing {
     timestamp: u32,
     /// When the next frame is due.
     due: Instant,
-    /// Sent packets for NACKs: (sequence number, protected bytes).
-    sent: VecDeque<(u16, Vec<u8>)>,
+    /// Sent packets for NACKs: (sequence number, when, protected bytes).
+    sent: VecDeque<(u16, Instant, Vec<u8>)>,
+    /// Splits video frames into RTP payloads (the codec's payload format);
+    /// Opus packets go one per RTP packet.
+    payloader: Option<Box<dyn Payloader>>,
+}
+
+fn payloader(codec: &str) -> Option<Box<dyn Payloader>> {
+    use rtc_rtp::codec::{av1::Av1Payloader, vp8::Vp8Payloader, vp9::Vp9Payloader};
+    match codec {
+        "vp8" => Some(Box::new(Vp8Payloader::default())),
+        "vp9" => Some(Box::new(Vp9Payloader::default())),
+        "av1" => Some(Box::new(Av1Payloader::default())),
+        _ => None,
+    }
 }
 
 fn load(source: &Source) -> Result<MediaFile, ClientError> {
@@ -412,6 +429,7 @@ pub async fn run(
                 timestamp: rand::random(),
                 due: Instant::now(),
                 sent: VecDeque::new(),
+                payloader: payloader(codec.name),
             })
         }
         _ => None,
@@ -431,6 +449,9 @@ pub async fn run(
     let started = Instant::now();
     let stop_at = config.duration.map(|d| started + d);
     let mut flowing = false;
+    let mut sending = false;
+    let mut bye = false;
+    let timeout = Duration::from_secs(reply["timeout_s"].as_u64().unwrap_or(10));
     let mut rtt = RTT_MAX;
     let mut last_hello: Option<Instant> = None;
     let mut heard = Instant::now();
@@ -475,10 +496,12 @@ pub async fn run(
                         heard = at;
                         flowing = true;
                         let Some(p) = Rtp::parse(&clear) else { continue };
+                        let new = !incoming.contains_key(&p.ssrc);
                         let track = incoming.entry(p.ssrc).or_insert_with(|| {
                             let clock = ArcCodec::by_pt(p.pt).map_or(90_000, |c| c.clock_rate);
                             Incoming {
                                 receiver: Receiver::new(clock, config.jitter_delay),
+                                video: clock == 90_000,
                                 stats: TrackStats { ssrc: p.ssrc, ..TrackStats::default() },
                                 all_latencies: Vec::new(),
                             }
@@ -492,6 +515,11 @@ pub async fn run(
                             p.seq, p.timestamp, p.marker, Arc::from(&p.payload[..]), at,
                             p.ext.send_time, now_us(),
                         );
+                        if new && track.video {
+                            // A decoder starts at a keyframe: ask for one.
+                            let pli = srtp.protect_rtcp(&rtp::keyframe_request(rtcp_ssrc, p.ssrc, None))?;
+                            send(&udp, &pli);
+                        }
                     }
                     Some(Packet::Rtcp { .. }) => {
                         let Ok(clear) = srtp.unprotect_rtcp(data) else {
@@ -508,23 +536,29 @@ pub async fn run(
                         }
                         for p in rtp::parse_rtcp(&clear).unwrap_or_default() {
                             match p {
-                                Rtcp::Nack { media, lost } => {
+                                Rtcp::Nack { media, mut lost } => {
                                     let Some(o) = out.as_ref().filter(|o| o.ssrc == media) else { continue };
-                                    for seq in lost {
-                                        if let Some((_, bytes)) = o.sent.iter().find(|(s, _)| *s == seq) {
-                                            send(&udp, bytes);
-                                            second_resent += 1;
-                                            summary.resent_packets += 1;
-                                        }
+                                    lost.sort_unstable();
+                                    lost.dedup();
+                                    let again = lost.iter().filter_map(|seq| {
+                                        o.sent.iter().find(|(s, sent, _)| s == seq && at.duration_since(*sent) <= RESEND_WINDOW)
+                                    });
+                                    for (_, _, bytes) in again.take(MAX_RESEND_PER_NACK) {
+                                        send(&udp, bytes);
+                                        second_resent += 1;
+                                        summary.resent_packets += 1;
                                     }
                                 }
                                 Rtcp::Pli { .. } | Rtcp::Fir { .. } => summary.keyframe_requests += 1,
-                                Rtcp::Bye => {}
+                                Rtcp::Bye => bye = true,
                                 Rtcp::Report { .. } => {}
                             }
                         }
                     }
                     None => {}
+                }
+                if bye {
+                    break "bye";
                 }
             }
             m = sig.next() => match m? {
@@ -550,19 +584,30 @@ pub async fn run(
                         last_hello = Some(now);
                         last_sent = now;
                     }
-                } else if now.duration_since(heard) > Duration::from_secs(10) {
+                } else if now.duration_since(heard) > timeout {
                     return Err(ClientError::Failed("the node went silent (timeout)"));
                 }
                 // Media, paced: every frame whose time has come.
                 if flowing && let Some(o) = out.as_mut() {
+                    if !sending {
+                        sending = true;
+                        o.due = now;
+                    }
+                    // Far behind (a stalled process): skip ahead, do not burst.
+                    if now.duration_since(o.due) > Duration::from_millis(200) {
+                        o.due = now;
+                    }
                     while o.due <= now {
                         let frame = &o.frames[o.next_frame];
-                        let payloads = if o.codec.name == "vp8" {
-                            rtc_rtp::codec::vp8::Vp8Payloader::default()
-                                .payload(MTU_PAYLOAD, &Bytes::copy_from_slice(&frame.data))
-                                .unwrap_or_default()
-                        } else {
-                            vec![Bytes::copy_from_slice(&frame.data)]
+                        // A file may give a frame no duration: one 20 ms / 30 fps frame.
+                        let duration = match frame.duration {
+                            0 => o.codec.clock_rate / if o.codec.clock_rate == 48_000 { 50 } else { 30 },
+                            d => d,
+                        };
+                        let data = Bytes::copy_from_slice(&frame.data);
+                        let payloads = match o.payloader.as_mut() {
+                            Some(p) => p.payload(MTU_PAYLOAD, &data).unwrap_or_default(),
+                            None => vec![data],
                         };
                         let last = payloads.len().saturating_sub(1);
                         for (i, payload) in payloads.into_iter().enumerate() {
@@ -578,22 +623,25 @@ pub async fn run(
                                 seq: o.seq,
                                 timestamp: o.timestamp,
                                 ssrc: o.ssrc,
-                                marker: i == last,
+                                // Video: the frame's last packet. Audio: a talk spurt's first.
+                                marker: if video { i == last } else { summary.sent_packets == 0 },
                                 ext: ArcExt { hints, send_time: Some(now_us()) },
                                 payload,
                             };
                             let bytes = srtp.protect_rtp(&packet.to_bytes())?;
                             send(&udp, &bytes);
-                            if o.sent.len() >= RESEND_PACKETS {
+                            while o.sent.len() >= RESEND_PACKETS
+                                || o.sent.front().is_some_and(|(_, t, _)| now.duration_since(*t) > RESEND_WINDOW)
+                            {
                                 o.sent.pop_front();
                             }
-                            o.sent.push_back((o.seq, bytes));
+                            o.sent.push_back((o.seq, now, bytes));
                             o.seq = o.seq.wrapping_add(1);
                             second_sent += 1;
                             summary.sent_packets += 1;
                         }
-                        o.timestamp = o.timestamp.wrapping_add(frame.duration);
-                        o.due += Duration::from_secs_f64(f64::from(frame.duration) / f64::from(o.codec.clock_rate));
+                        o.timestamp = o.timestamp.wrapping_add(duration);
+                        o.due += Duration::from_secs_f64(f64::from(duration) / f64::from(o.codec.clock_rate));
                         o.next_frame = (o.next_frame + 1) % o.frames.len();
                         last_sent = now;
                     }
@@ -619,7 +667,16 @@ pub async fn run(
                 }
                 if now >= next_second {
                     next_second += Duration::from_secs(1);
-                    let mut tracks: Vec<TrackStats> = incoming.values_mut().map(Incoming::fold).collect();
+                    let mut tracks = Vec::new();
+                    for (ssrc, track) in &mut incoming {
+                        let stats = track.fold();
+                        if track.video && stats.lost > 0 {
+                            // Video given up on: the decoder needs a keyframe.
+                            let pli = srtp.protect_rtcp(&rtp::keyframe_request(rtcp_ssrc, *ssrc, None))?;
+                            send(&udp, &pli);
+                        }
+                        tracks.push(stats);
+                    }
                     tracks.sort_by_key(|t| t.ssrc);
                     on_second(&Second {
                         elapsed_s: now.duration_since(started).as_secs(),

@@ -109,6 +109,8 @@ async fn receive(socket: Socket, routes: Arc<DashMap<u32, Inbox>>, metrics: Arc<
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(local = %socket.local, error = %e, "ArcRTC socket read error");
+                // ICMP errors surface here; a persistent error must not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 continue;
             }
         };

@@ -78,9 +78,10 @@ struct Published {
     received: u64,
     /// Missing packets: when they were last NACKed, and how often.
     missing: BTreeMap<u64, (Instant, u8)>,
-    /// RFC 3550 interarrival jitter, in RTP clock units, and the last transit.
+    /// RFC 3550 interarrival jitter, in RTP clock units, and the last
+    /// packet's arrival (in RTP clock units) and timestamp.
     jitter: f64,
-    transit: Option<f64>,
+    last: Option<(f64, u32)>,
     last_keyframe_request: Option<Instant>,
     keyframe_due: Option<KeyframeRequestKind>,
     fir_seq: u8,
@@ -92,9 +93,21 @@ struct Subscribed {
     /// The node's SSRC for it on this session.
     ssrc: u32,
     seq: SeqMap,
-    /// What was sent, protected, for NACKs: (sequence number, when, bytes).
-    sent: VecDeque<(u16, Instant, Vec<u8>)>,
+    /// What was sent, protected, for NACKs.
+    sent: VecDeque<Sent>,
 }
+
+/// A packet sent to the client, kept for NACKs.
+struct Sent {
+    seq: u16,
+    at: Instant,
+    bytes: Vec<u8>,
+    /// When it was last sent again.
+    resent: Option<Instant>,
+}
+
+/// Packets one NACK may have sent again (a NACK can name thousands).
+const MAX_RESEND_PER_NACK: usize = 64;
 
 pub struct ArcState {
     myself: ActorRef<PeerMsg>,
@@ -199,7 +212,7 @@ impl ArcState {
             received: 0,
             missing: BTreeMap::new(),
             jitter: 0.0,
-            transit: None,
+            last: None,
             last_keyframe_request: None,
             keyframe_due: None,
             fir_seq: 0,
@@ -273,6 +286,8 @@ impl ArcState {
                 "node": self.node_keys.to_json(),
             },
             "rtcp_ssrc": self.rtcp_ssrc,
+            "node_ssrc": self.node_ssrc,
+            "timeout_s": self.calls.config.arc_timeout_s,
             "publish": publish,
             "receive": receive,
             "extensions": {"1": HINTS_URI, "2": SEND_TIME_URI},
@@ -349,11 +364,16 @@ impl ArcState {
                 || sub
                     .sent
                     .front()
-                    .is_some_and(|(_, at, _)| now.duration_since(*at) > RESEND_WINDOW)
+                    .is_some_and(|p| now.duration_since(p.at) > RESEND_WINDOW)
             {
                 sub.sent.pop_front();
             }
-            sub.sent.push_back((seq as u16, now, bytes));
+            sub.sent.push_back(Sent {
+                seq: seq as u16,
+                at: now,
+                bytes,
+                resent: None,
+            });
         }
         let m = &self.calls.metrics;
         m.rtc_packets_forwarded.inc();
@@ -366,17 +386,24 @@ impl ArcState {
                 let Ok(clear) = self.srtp.unprotect_rtp(data) else {
                     return self.dropped("srtp");
                 };
-                self.heard(source, local);
-                match Rtp::parse(&clear) {
-                    Some(rtp) => self.on_rtp(rtp, at),
-                    None => self.dropped("malformed"),
-                }
+                let Some(rtp) = Rtp::parse(&clear) else {
+                    self.heard(source, local, false);
+                    return self.dropped("malformed");
+                };
+                // A late packet from an old path must not move the session back.
+                let newest = self
+                    .published
+                    .iter()
+                    .find(|p| p.ssrc == rtp.ssrc)
+                    .is_none_or(|p| p.highest.is_none_or(|h| extend(Some(h), rtp.seq) > h));
+                self.heard(source, local, newest);
+                self.on_rtp(rtp, at);
             }
             Some(Packet::Rtcp { .. }) => {
                 let Ok(clear) = self.srtp.unprotect_rtcp(data) else {
                     return self.dropped("srtp");
                 };
-                self.heard(source, local);
+                self.heard(source, local, true);
                 match rtp::parse_rtcp(&clear) {
                     Some(packets) => packets.into_iter().for_each(|p| self.on_rtcp(p)),
                     None => self.dropped("malformed"),
@@ -386,11 +413,12 @@ impl ArcState {
         }
     }
 
-    /// An authenticated packet from `source`: the session's address from now on.
-    fn heard(&mut self, source: SocketAddr, local: SocketAddr) {
+    /// An authenticated packet from `source`: the session's address from now on
+    /// (when `may_move`: the newest packet of its stream, or RTCP).
+    fn heard(&mut self, source: SocketAddr, local: SocketAddr, may_move: bool) {
         self.heard = Instant::now();
         let first = self.path.is_none();
-        if self.path != Some((local, source)) {
+        if self.path != Some((local, source)) && (first || may_move) {
             if !first {
                 tracing::info!(participant = %self.participant, %source, "ArcRTC client moved");
             }
@@ -403,6 +431,7 @@ impl ArcState {
             for s in self.subscribed.values() {
                 want_keyframe(&s.info);
             }
+            self.flush_keyframes(Instant::now());
         }
     }
 
@@ -432,8 +461,8 @@ impl ArcState {
                 track.received = 1;
             }
             _ => {
-                // A retransmission: it came one round trip after the last NACK.
-                if let Some((nacked, _)) = track.missing.remove(&seq) {
+                // A retransmission. Karn's rule: only one NACKed once times a round trip.
+                if let Some((nacked, 1)) = track.missing.remove(&seq) {
                     let sample = at.saturating_duration_since(nacked);
                     self.rtt = (self.rtt * 7 + sample) / 8;
                 }
@@ -443,9 +472,10 @@ impl ArcState {
         // RFC 3550 §6.4.1 interarrival jitter, in RTP clock units.
         let arrival =
             at.duration_since(self.epoch).as_secs_f64() * f64::from(track.codec.clock_rate);
-        let transit = arrival - f64::from(rtp.timestamp);
-        if let Some(last) = track.transit.replace(transit) {
-            track.jitter += ((transit - last).abs() - track.jitter) / 16.0;
+        if let Some((then, ts)) = track.last.replace((arrival, rtp.timestamp)) {
+            // Timestamps wrap: their difference is signed 32-bit.
+            let d = (arrival - then) - f64::from(rtp.timestamp.wrapping_sub(ts) as i32);
+            track.jitter += (d.abs() - track.jitter) / 16.0;
         }
         let media = track.ssrc;
         if !lost.is_empty() {
@@ -478,25 +508,38 @@ impl ArcState {
     fn on_rtcp(&mut self, packet: Rtcp) {
         match packet {
             Rtcp::Report { .. } => {}
-            Rtcp::Nack { media, lost } => {
-                let Some(sub) = self
-                    .by_ssrc
-                    .get(&media)
-                    .and_then(|id| self.subscribed.get(id))
-                else {
+            Rtcp::Nack { media, mut lost } => {
+                let now = Instant::now();
+                let rtt = self.rtt.clamp(RTT_MIN, RTT_MAX);
+                let (Some(sub), Some((local, remote))) = (
+                    self.by_ssrc
+                        .get(&media)
+                        .and_then(|id| self.subscribed.get_mut(id)),
+                    self.path,
+                ) else {
                     return;
                 };
                 self.calls.metrics.rtc_nacks.inc();
-                let again: Vec<Vec<u8>> = lost
-                    .iter()
-                    .filter_map(|seq| sub.sent.iter().find(|(s, _, _)| s == seq))
-                    .map(|(_, _, bytes)| bytes.clone())
-                    .collect();
-                if let Some((local, remote)) = self.path {
-                    for bytes in again {
-                        // The same protected bytes: a new protection would reuse the keystream.
-                        self.calls.arc.send(local, remote, &bytes);
+                // Each packet once per round trip, younger than the window, a few per NACK.
+                lost.sort_unstable();
+                lost.dedup();
+                let mut resent = 0;
+                for seq in lost {
+                    if resent == MAX_RESEND_PER_NACK {
+                        break;
                     }
+                    let Some(p) = sub.sent.iter_mut().find(|p| p.seq == seq) else {
+                        continue;
+                    };
+                    if now.duration_since(p.at) > RESEND_WINDOW
+                        || p.resent.is_some_and(|r| now.duration_since(r) < rtt)
+                    {
+                        continue;
+                    }
+                    p.resent = Some(now);
+                    resent += 1;
+                    // The same protected bytes: a new protection would reuse the keystream.
+                    self.calls.arc.send(local, remote, &p.bytes);
                 }
             }
             Rtcp::Pli { media } | Rtcp::Fir { media } => {
@@ -537,6 +580,10 @@ impl ArcState {
     /// Send the keyframe requests whose time has come (one per track per
     /// `calls.keyframe_interval_ms`).
     fn flush_keyframes(&mut self, now: Instant) {
+        if self.path.is_none() {
+            // Kept until the client's address is known.
+            return;
+        }
         let interval = Duration::from_millis(self.calls.config.keyframe_interval_ms);
         let mut out = Vec::new();
         for t in &mut self.published {
@@ -593,7 +640,7 @@ impl ArcState {
             self.calls.metrics.rtc_nacks.inc();
             self.send(&nack, true);
         }
-        if now.duration_since(self.sent) >= KEEPALIVE {
+        if self.path.is_some() && now.duration_since(self.sent) >= KEEPALIVE {
             let report = rtp::receiver_report(self.node_ssrc, self.reports());
             self.send(&report, true);
         }

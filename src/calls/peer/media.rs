@@ -325,6 +325,11 @@ pub(crate) struct SeqMap {
     source: Option<(u32, i64)>,
     /// The highest number we sent.
     last_out: Option<u64>,
+    /// Numbers up to this were used by an earlier source: never again (the
+    /// receiver's SRTP would see one index twice).
+    floor: Option<u64>,
+    /// Earlier sources: their late packets are dropped.
+    retired: Vec<u32>,
 }
 
 impl SeqMap {
@@ -335,7 +340,15 @@ impl SeqMap {
     pub(crate) fn out(&mut self, ssrc: u32, seq: u64) -> Option<u64> {
         let offset = match self.source {
             Some((s, offset)) if s == ssrc => offset,
-            _ => {
+            _ if self.retired.contains(&ssrc) => return None,
+            previous => {
+                if let Some((old, _)) = previous {
+                    if self.retired.len() == 8 {
+                        self.retired.remove(0);
+                    }
+                    self.retired.push(old);
+                }
+                self.floor = self.last_out;
                 let offset = match self.last_out {
                     None => -((seq & !0xffff) as i64),
                     Some(last) => last as i64 + 1 - seq as i64,
@@ -345,6 +358,9 @@ impl SeqMap {
             }
         };
         let out = u64::try_from(seq as i64 + offset).ok()?;
+        if self.floor.is_some_and(|f| out <= f) {
+            return None;
+        }
         self.last_out = Some(self.last_out.map_or(out, |l| l.max(out)));
         Some(out)
     }
@@ -365,5 +381,10 @@ mod tests {
         // The publisher replaced its track: a new SSRC, numbers go on from 104.
         assert_eq!(s.out(2, 7), Some(104));
         assert_eq!(s.out(2, 8), Some(105));
+        // Late packets of the old source, and the new one's from before its
+        // first, would reuse numbers already sent: dropped.
+        assert_eq!(s.out(1, 3 * 65536 + 102), None);
+        assert_eq!(s.out(2, 6), None);
+        assert_eq!(s.out(2, 9), Some(106));
     }
 }
