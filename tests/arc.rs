@@ -468,7 +468,12 @@ async fn five_percent_loss_is_repaired_by_nack() {
     assert!(down.lost <= 3, "{down:?}");
     let control = from(&unrepaired, "talker");
     eprintln!(
-        "repaired {down:?}\nunrepaired {control:?}\nresent {}",
+        "5 % loss: with NACK {} played, {} recovered, {} lost; without {} played, {} lost; {} resent upstream",
+        down.packets,
+        down.recovered,
+        down.lost,
+        control.packets,
+        control.lost,
         repaired.resent_packets
     );
     assert!(
