@@ -23,7 +23,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorRef};
+use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 use str0m::media::{MediaKind, Mid};
 
@@ -372,6 +372,24 @@ impl Calls {
         Err(CallError::Ended)
     }
 
+    /// Ask call `id` something on behalf of a connection's participant.
+    async fn ask<T: Send + 'static>(
+        &self,
+        id: &str,
+        message: impl FnOnce(RpcReplyPort<Result<T, CallError>>) -> CallMsg,
+    ) -> Result<T, CallError> {
+        let call = self
+            .registry
+            .get(id)
+            .map(|r| r.clone())
+            .ok_or(CallError::NotInCall)?;
+        match call.call(message, Some(CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(r)) => r,
+            Ok(CallResult::Timeout) => Err(CallError::Internal("the call did not answer".into())),
+            Ok(CallResult::SenderError) | Err(_) => Err(CallError::NotInCall),
+        }
+    }
+
     /// Hand a signaling message to this connection's participant in call `id`.
     pub async fn signal(
         &self,
@@ -379,26 +397,12 @@ impl Calls {
         session: SessionId,
         signal: Signal,
     ) -> Result<(), CallError> {
-        let call = self
-            .registry
-            .get(id)
-            .map(|r| r.clone())
-            .ok_or(CallError::NotInCall)?;
-        match call
-            .call(
-                |reply| CallMsg::Signal {
-                    session,
-                    signal,
-                    reply,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await
-        {
-            Ok(CallResult::Success(r)) => r,
-            Ok(CallResult::Timeout) => Err(CallError::Internal("the call did not answer".into())),
-            Ok(CallResult::SenderError) | Err(_) => Err(CallError::NotInCall),
-        }
+        self.ask(id, |reply| CallMsg::Signal {
+            session,
+            signal,
+            reply,
+        })
+        .await
     }
 
     /// An ArcRTC request of this connection's participant in call `id`.
@@ -408,26 +412,12 @@ impl Calls {
         session: SessionId,
         request: ArcRequest,
     ) -> Result<Value, CallError> {
-        let call = self
-            .registry
-            .get(id)
-            .map(|r| r.clone())
-            .ok_or(CallError::NotInCall)?;
-        match call
-            .call(
-                |reply| CallMsg::Arc {
-                    session,
-                    request,
-                    reply,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await
-        {
-            Ok(CallResult::Success(r)) => r,
-            Ok(CallResult::Timeout) => Err(CallError::Internal("the call did not answer".into())),
-            Ok(CallResult::SenderError) | Err(_) => Err(CallError::NotInCall),
-        }
+        self.ask(id, |reply| CallMsg::Arc {
+            session,
+            request,
+            reply,
+        })
+        .await
     }
 
     /// This connection left call `id` (channel left, connection gone, `call_end`).

@@ -100,6 +100,15 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
+    /// Send without waiting; a full socket buffer drops the datagram (UDP:
+    /// the receiver recovers as from any loss).
+    pub(crate) fn send(&self, data: &[u8], to: SocketAddr, metrics: &Metrics) {
+        if let Err(e) = self.udp.try_send_to(data, to) {
+            metrics.rtc_send_errors.inc();
+            tracing::debug!(%to, error = %e, "media datagram not sent");
+        }
+    }
+
     pub(crate) fn new(udp: UdpSocket, public_ip: Option<IpAddr>) -> Result<Socket, CallError> {
         let local = udp.local_addr().map_err(CallError::Io)?;
         let announced = public_ip.map_or(local, |ip| SocketAddr::new(ip, local.port()));
@@ -264,10 +273,7 @@ impl Endpoint {
             self.routes.by_addr.insert(pair, self.inbox.clone());
             self.learned.insert(pair);
         }
-        if let Err(e) = socket.udp.try_send_to(contents, destination) {
-            self.metrics.rtc_send_errors.inc();
-            tracing::debug!(%destination, error = %e, "media datagram not sent");
-        }
+        socket.send(contents, destination, &self.metrics);
     }
 }
 

@@ -87,10 +87,7 @@ impl ArcNet {
         let Some(socket) = self.sockets.iter().find(|s| s.announced == local) else {
             return;
         };
-        if let Err(e) = socket.udp.try_send_to(data, to) {
-            self.metrics.rtc_send_errors.inc();
-            tracing::debug!(%to, error = %e, "ArcRTC datagram not sent");
-        }
+        socket.send(data, to, &self.metrics);
     }
 }
 

@@ -31,7 +31,7 @@ use super::srtp::{Keys, Session};
 use super::wire::{HINTS_URI, Packet, SEND_TIME_URI, classify};
 use crate::actors::call::CallMsg;
 use crate::calls::net::Inbox;
-use crate::calls::peer::media::{SeqMap, fan_out};
+use crate::calls::peer::media::{SeqMap, add_subscriber, fan_out, merge_keyframe};
 use crate::calls::peer::{Forwarded, MAX_PUBLISHED, PeerMsg, Subscriber};
 use crate::calls::{ArcJoin, CallError, Calls, SignalTarget, TrackId, TrackInfo, kind_name};
 
@@ -567,12 +567,7 @@ impl ArcState {
         if let Some(t) = self.published.iter_mut().find(|p| p.mid == mid)
             && t.codec.kind == MediaKind::Video
         {
-            t.keyframe_due = Some(match (t.keyframe_due, kind) {
-                (Some(KeyframeRequestKind::Fir), _) | (_, KeyframeRequestKind::Fir) => {
-                    KeyframeRequestKind::Fir
-                }
-                _ => KeyframeRequestKind::Pli,
-            });
+            t.keyframe_due = Some(merge_keyframe(t.keyframe_due, kind));
         }
         self.flush_keyframes(Instant::now());
     }
@@ -781,13 +776,8 @@ impl Actor for ArcPeer {
             PeerMsg::Subscribe(info) => state.subscribe(info),
             PeerMsg::Unsubscribe(id) => state.unsubscribe(id),
             PeerMsg::AddSubscriber { mid, subscriber } => {
-                if let Some(p) = state.published.iter_mut().find(|p| p.mid == mid)
-                    && !p
-                        .subscribers
-                        .iter()
-                        .any(|s| s.peer.get_id() == subscriber.peer.get_id())
-                {
-                    p.subscribers.push(subscriber);
+                if let Some(p) = state.published.iter_mut().find(|p| p.mid == mid) {
+                    add_subscriber(&mut p.subscribers, subscriber);
                 }
             }
             PeerMsg::RemoveSubscriber(id) => {

@@ -225,12 +225,7 @@ impl PeerState {
         if let Some(track) = self.published.get_mut(&mid)
             && track.kind == MediaKind::Video
         {
-            track.keyframe_due = Some(match (track.keyframe_due, kind) {
-                (Some(KeyframeRequestKind::Fir), _) | (_, KeyframeRequestKind::Fir) => {
-                    KeyframeRequestKind::Fir
-                }
-                _ => KeyframeRequestKind::Pli,
-            });
+            track.keyframe_due = Some(merge_keyframe(track.keyframe_due, kind));
         }
         self.flush_keyframes(Instant::now());
     }
@@ -298,6 +293,29 @@ impl PeerState {
         } else {
             Err(CallError::NoSuchTrack)
         }
+    }
+}
+
+/// Two keyframe requests waiting together: one FIR if either is a FIR.
+pub(crate) fn merge_keyframe(
+    due: Option<KeyframeRequestKind>,
+    kind: KeyframeRequestKind,
+) -> KeyframeRequestKind {
+    match (due, kind) {
+        (Some(KeyframeRequestKind::Fir), _) | (_, KeyframeRequestKind::Fir) => {
+            KeyframeRequestKind::Fir
+        }
+        _ => KeyframeRequestKind::Pli,
+    }
+}
+
+/// Add a subscriber to a track's list, once.
+pub(crate) fn add_subscriber(list: &mut Vec<Subscriber>, subscriber: Subscriber) {
+    if !list
+        .iter()
+        .any(|s| s.peer.get_id() == subscriber.peer.get_id())
+    {
+        list.push(subscriber);
     }
 }
 

@@ -487,13 +487,8 @@ impl Actor for Peer {
             }
             PeerMsg::Unsubscribe(id) => state.unsubscribe(id),
             PeerMsg::AddSubscriber { mid, subscriber } => {
-                if let Some(p) = state.published.get_mut(&mid)
-                    && !p
-                        .subscribers
-                        .iter()
-                        .any(|s| s.peer.get_id() == subscriber.peer.get_id())
-                {
-                    p.subscribers.push(subscriber);
+                if let Some(p) = state.published.get_mut(&mid) {
+                    media::add_subscriber(&mut p.subscribers, subscriber);
                 }
             }
             PeerMsg::RemoveSubscriber(id) => {
