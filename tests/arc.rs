@@ -239,6 +239,68 @@ async fn native_vp8_reaches_a_webrtc_participant_whose_keyframe_requests_reach_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_receivers_pli_reaches_the_browser_publisher() {
+    let node = node_with(|c| c.calls.keyframe_interval_ms = 50).await;
+    let camera = PeerOptions {
+        audio: false,
+        video: true,
+    };
+    let web = CallClient::join(&node, "web", "pli", camera).await;
+    web.peer
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A native viewer, driven by hand so the test decides when it sends a PLI.
+    let viewer = CallClient::connect(&node, "viewer", "pli", PeerOptions::default(), None).await;
+    let reply = viewer.request("arc_join", arc_join(&["vp8"], &[])).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let r = &reply["response"];
+    let track = &r["receive"][0];
+    assert_eq!(track["codec"], "vp8", "{reply}");
+    let media = track["ssrc"].as_u64().unwrap() as u32;
+    let rtcp_ssrc = r["rtcp_ssrc"].as_u64().unwrap() as u32;
+    let client_keys = Keys::from_json(&r["srtp"]["client"]).unwrap();
+    let node_keys = Keys::from_json(&r["srtp"]["node"]).unwrap();
+    let mut srtp = Session::new(Profile::AeadAes128Gcm, &client_keys, &node_keys).unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.connect(endpoint(&reply)).await.unwrap();
+    let hello = rtp::receiver_report(rtcp_ssrc, Vec::new());
+    udp.send(&srtp.protect_rtcp(&hello).unwrap()).await.unwrap();
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(Duration::from_secs(2), udp.recv(&mut buf))
+        .await
+        .expect("hello answered")
+        .unwrap();
+    // Let the requests of the set-up (connection up, subscription) settle.
+    let requests = || node.metric("armoricore_rtc_keyframe_requests_total");
+    let mut settled = requests().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = requests().await;
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    // The native PLI for the browser's track becomes the browser's keyframe request.
+    let pli = rtp::keyframe_request(rtcp_ssrc, media, None);
+    udp.send(&srtp.protect_rtcp(&pli).unwrap()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while requests().await < settled + 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the PLI never reached the publisher's peer connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A PLI for an SSRC the viewer does not receive goes nowhere.
+    let stray = rtp::keyframe_request(rtcp_ssrc, media ^ 1, None);
+    udp.send(&srtp.protect_rtcp(&stray).unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(requests().await, settled + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codecs_a_participant_lacks_are_announced_not_sent() {
     let node = node().await;
     let none = PeerOptions::default();
