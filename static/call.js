@@ -53,7 +53,12 @@ export function joinCall({token, callId, media, onStream = () => {}, onLeave = (
   return {
     get pc(){ return pc },
     channel,
-    leave(){ channel.push("call_end", {}); channel.leave(); pc?.close(); socket.disconnect() },
+    // Say goodbye on the channel first: closing the peer connection reaches the
+    // node over UDP sooner, and it would read as the connection going away.
+    leave(){
+      const close = () => { channel.leave(); pc?.close(); socket.disconnect() }
+      channel.push("call_end", {}, 1000).receive("ok", close).receive("error", close).receive("timeout", close)
+    },
   }
 }
 
