@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 /// participants arrive between two reads.
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Larger than any datagram WebRTC sends (MTU-sized).
-pub(crate) const RECV_BUFFER: usize = 2048;
+const RECV_BUFFER: usize = 2048;
 
 /// One received datagram, as a participant gets it.
 pub struct Datagram {
@@ -148,10 +148,10 @@ impl Net {
             for ip in &addresses {
                 let socket = Socket::new(bind(SocketAddr::new(*ip, port))?, public_ip)?;
                 port = socket.local.port();
+                let (routes, local) = (routes.clone(), socket.local);
                 tasks.push(tokio::spawn(receive(
                     socket.clone(),
-                    routes.clone(),
-                    None,
+                    move |data, source| routes.route(local, source, data),
                     metrics.clone(),
                 )));
                 shared.push(socket);
@@ -193,10 +193,11 @@ impl Net {
             Some((min, max)) => {
                 for ip in &self.addresses {
                     let socket = Socket::new(bind_in_range(*ip, min, max)?, self.public_ip)?;
+                    // Its own port: everything arriving there is its own.
+                    let owner = inbox.clone();
                     endpoint.tasks.push(tokio::spawn(receive(
                         socket.clone(),
-                        self.routes.clone(),
-                        Some(inbox.clone()),
+                        move |_, _| Some(owner.clone()),
                         self.metrics.clone(),
                     )));
                     endpoint.sockets.push(socket);
@@ -321,25 +322,29 @@ fn bind_in_range(ip: IpAddr, min: u16, max: u16) -> Result<UdpSocket, CallError>
     Err(CallError::NoPort(ip, min, max))
 }
 
-async fn receive(socket: Socket, routes: Arc<Routes>, owner: Option<Inbox>, metrics: Arc<Metrics>) {
+/// Read `socket` until aborted, handing each datagram to the inbox `route`
+/// names for it (`route(data, source)`), or counting it unrouted.
+pub(crate) async fn receive(
+    socket: Socket,
+    route: impl Fn(&[u8], SocketAddr) -> Option<Inbox>,
+    metrics: Arc<Metrics>,
+) {
     let local = socket.local;
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         let (n, source) = match socket.udp.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
-                // ICMP errors surface here (ECONNREFUSED from an earlier send): not fatal.
+                // ICMP errors surface here (ECONNREFUSED from an earlier send): not
+                // fatal; a persistent error must not spin.
                 tracing::debug!(%local, error = %e, "media socket read error");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 continue;
             }
         };
         let at = Instant::now();
         let data = &buf[..n];
-        let inbox = match &owner {
-            Some(p) => Some(p.clone()),
-            None => routes.route(local, source, data),
-        };
-        let Some(inbox) = inbox else {
+        let Some(inbox) = route(data, source) else {
             metrics.rtc_unrouted.inc();
             continue;
         };

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use dashmap::DashMap;
 use ractor::ActorId;
@@ -14,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::wire::{Packet, classify};
 use crate::calls::CallError;
 use crate::calls::config::CallsConfig;
-use crate::calls::net::{Datagram, Inbox, RECV_BUFFER, Socket, bind};
+use crate::calls::net::{Inbox, Socket, bind, receive};
 use crate::metrics::Metrics;
 
 pub struct ArcNet {
@@ -28,16 +27,23 @@ impl ArcNet {
     /// Bind `calls.arc_port` on every call address (port 0: the first address
     /// picks a free port and the others follow it).
     pub fn start(config: &CallsConfig, metrics: Arc<Metrics>) -> Result<ArcNet, CallError> {
-        let routes = Arc::new(DashMap::new());
+        let routes: Arc<DashMap<u32, Inbox>> = Arc::new(DashMap::new());
         let mut sockets = Vec::new();
         let mut tasks = Vec::new();
         let mut port = config.arc_port;
         for ip in config.bind_addresses() {
             let socket = Socket::new(bind(SocketAddr::new(ip, port))?, config.public_ip())?;
             port = socket.local.port();
+            let routes = routes.clone();
+            // By the SSRC of RTP, the sender SSRC of RTCP; anything else is unrouted.
+            let route = move |data: &[u8], _| match classify(data)? {
+                Packet::Rtp { ssrc } | Packet::Rtcp { ssrc } => {
+                    routes.get(&ssrc).map(|r| r.clone())
+                }
+            };
             tasks.push(tokio::spawn(receive(
                 socket.clone(),
-                routes.clone(),
+                route,
                 metrics.clone(),
             )));
             sockets.push(socket);
@@ -96,39 +102,5 @@ impl Drop for ArcNet {
         for t in &self.tasks {
             t.abort();
         }
-    }
-}
-
-async fn receive(socket: Socket, routes: Arc<DashMap<u32, Inbox>>, metrics: Arc<Metrics>) {
-    let mut buf = vec![0u8; RECV_BUFFER];
-    loop {
-        let (n, source) = match socket.udp.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(local = %socket.local, error = %e, "ArcRTC socket read error");
-                // ICMP errors surface here; a persistent error must not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                continue;
-            }
-        };
-        let at = Instant::now();
-        let data = &buf[..n];
-        let inbox = match classify(data) {
-            Some(Packet::Rtp { ssrc } | Packet::Rtcp { ssrc }) => {
-                routes.get(&ssrc).map(|r| r.clone())
-            }
-            None => None,
-        };
-        let Some(inbox) = inbox else {
-            metrics.rtc_unrouted.inc();
-            continue;
-        };
-        let datagram = Datagram {
-            source,
-            destination: socket.announced,
-            at,
-            data: data.to_vec(),
-        };
-        inbox.deliver(datagram, &metrics);
     }
 }

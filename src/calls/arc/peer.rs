@@ -31,7 +31,7 @@ use super::srtp::{Keys, Session};
 use super::wire::{HINTS_URI, Packet, SEND_TIME_URI, classify};
 use crate::actors::call::CallMsg;
 use crate::calls::net::Inbox;
-use crate::calls::peer::media::{SeqMap, add_subscriber, fan_out, merge_keyframe};
+use crate::calls::peer::media::{SeqMap, add_subscriber, client_muted, fan_out, merge_keyframe};
 use crate::calls::peer::{Forwarded, MAX_PUBLISHED, PeerMsg, Subscriber};
 use crate::calls::{ArcJoin, CallError, Calls, SignalTarget, TrackId, TrackInfo, kind_name};
 
@@ -753,25 +753,12 @@ impl Actor for ArcPeer {
                 muted,
                 reply,
             } => {
-                let mut any = false;
-                for t in &state.published {
-                    if kind.is_some_and(|k| k != t.codec.kind)
-                        || mid.as_deref().is_some_and(|m| m != t.id.to_string())
-                    {
-                        continue;
-                    }
-                    any = true;
-                    let _ = state.call.cast(CallMsg::Muted {
-                        track: t.id,
-                        muted,
-                        reason: "client",
-                    });
-                }
-                let _ = reply.send(if any {
-                    Ok(())
-                } else {
-                    Err(CallError::NoSuchTrack)
+                let tracks = state.published.iter().filter(|t| {
+                    kind.is_none_or(|k| k == t.codec.kind)
+                        && mid.as_deref().is_none_or(|m| m == t.id.to_string())
                 });
+                let muted = client_muted(&state.call, tracks.map(|t| t.id), muted);
+                let _ = reply.send(muted);
             }
             PeerMsg::Subscribe(info) => state.subscribe(info),
             PeerMsg::Unsubscribe(id) => state.unsubscribe(id),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ractor::ActorRef;
 use str0m::format::CodecConfig;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
@@ -276,23 +277,33 @@ impl PeerState {
         mid: Option<&str>,
         muted: bool,
     ) -> Result<(), CallError> {
-        let mut any = false;
-        for (m, track) in &self.published {
-            if kind.is_some_and(|k| k != track.kind) || mid.is_some_and(|x| x != m.to_string()) {
-                continue;
-            }
-            any = true;
-            let _ = self.call.cast(CallMsg::Muted {
-                track: track.id,
-                muted,
-                reason: "client",
-            });
-        }
-        if any {
-            Ok(())
-        } else {
-            Err(CallError::NoSuchTrack)
-        }
+        let tracks = self.published.iter().filter(|(m, track)| {
+            kind.is_none_or(|k| k == track.kind) && mid.is_none_or(|x| x == m.to_string())
+        });
+        client_muted(&self.call, tracks.map(|(_, t)| t.id), muted)
+    }
+}
+
+/// The client muted or unmuted these tracks of its own: the call tells the
+/// others. None of them: `NoSuchTrack`.
+pub(crate) fn client_muted(
+    call: &ActorRef<CallMsg>,
+    tracks: impl Iterator<Item = TrackId>,
+    muted: bool,
+) -> Result<(), CallError> {
+    let mut any = false;
+    for track in tracks {
+        any = true;
+        let _ = call.cast(CallMsg::Muted {
+            track,
+            muted,
+            reason: "client",
+        });
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(CallError::NoSuchTrack)
     }
 }
 
