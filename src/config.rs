@@ -70,6 +70,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub cluster: ClusterConfig,
     pub api: ApiConfig,
+    pub dashboard: DashboardConfig,
     pub media: MediaConfig,
     pub storage: StorageConfig,
     pub database: DatabaseConfig,
@@ -200,6 +201,15 @@ pub struct ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub key: String,
+}
+
+/// The operations page (`[dashboard]` in config/default.toml, docs/dashboard.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub password: String,
+    pub interval_ms: u64,
+    pub token_ttl_s: u64,
 }
 
 /// Transcoding (`[media]` in config/default.toml documents each key).
@@ -544,7 +554,9 @@ impl Config {
                 format!("required when auth.algorithm = {:?}", self.auth.algorithm),
             ));
         }
-        let positive: [(&str, u64); 20] = [
+        let positive: [(&str, u64); 22] = [
+            ("dashboard.interval_ms", self.dashboard.interval_ms),
+            ("dashboard.token_ttl_s", self.dashboard.token_ttl_s),
             ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
             ("cluster.node_timeout_ms", self.cluster.node_timeout_ms),
             (
@@ -868,6 +880,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.server.shutdown_timeout_ms)
+    }
+
+    pub fn dashboard_interval(&self) -> Duration {
+        Duration::from_millis(self.dashboard.interval_ms)
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Hub {
     pub sessions: DashMap<SessionId, SessionEntry>,
     /// Long-poll sessions by their session token.
     pub longpoll: crate::http::longpoll::Registry,
+    /// Recent activity, for the dashboard and the cluster heartbeats.
+    pub activity: crate::dashboard::Activity,
     shutdown: watch::Sender<bool>,
 }
 
@@ -160,6 +162,7 @@ impl Hub {
             session_supervisor: RwLock::new(None),
             sessions: DashMap::new(),
             longpoll: Default::default(),
+            activity: Default::default(),
             shutdown: watch::channel(false).0,
         }
     }

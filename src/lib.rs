@@ -50,6 +50,7 @@ pub mod calls;
 pub mod channels;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod history;
 pub mod http;
 pub mod hub;

@@ -45,6 +45,9 @@ enum Command {
         /// Lifetime, e.g. `1h`, `30m`, `7d`.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// An operator's token: may join `admin:` topics (the dashboard channel).
+        #[arg(long)]
+        admin: bool,
     },
     /// Create or update the database schema (`database.url`) and exit; `serve`
     /// does the same on start.
@@ -145,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             channels,
             name,
             ttl,
+            admin,
         } => {
             let verifier = server::verifier(&config)?;
             let claims = Claims {
@@ -152,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
                 channels,
                 name,
                 meta: None,
+                admin,
             };
             println!("{}", verifier.mint(&claims, Some(ttl))?);
             Ok(())

@@ -109,8 +109,17 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     file.write_all(contents.as_bytes())
 }
 
-/// The token verifier the configuration describes.
+/// The token verifier the configuration describes (with the dashboard's key
+/// when the dashboard is on).
 pub fn verifier(config: &Config) -> Result<Verifier, StartError> {
+    let verifier = app_verifier(config)?;
+    Ok(match crate::http::dashboard::token_key(config) {
+        Some(key) => verifier.with_dashboard_key(&key),
+        None => verifier,
+    })
+}
+
+fn app_verifier(config: &Config) -> Result<Verifier, StartError> {
     let leeway = Duration::from_secs(config.auth.leeway_s);
     let alg = jwt::parse_algorithm(&config.auth.algorithm)?;
     if alg == jsonwebtoken::Algorithm::HS256 {
@@ -331,6 +340,14 @@ impl Node {
             node_name,
         };
         let hub = Arc::new(Hub::new(config, router, verifier, metrics, services));
+        if let Some(cluster) = hub.pubsub.cluster() {
+            let weak = Arc::downgrade(&hub);
+            cluster.set_summary(Arc::new(move || {
+                weak.upgrade().map_or(serde_json::Value::Null, |hub| {
+                    crate::dashboard::node_summary(&hub)
+                })
+            }));
+        }
         let args = RootArgs {
             hub: hub.clone(),
             listener: Arc::new(listener),

@@ -21,6 +21,7 @@ async fn state_then_diffs() {
         channels: None,
         name: Some("Alice".into()),
         meta: Some(json!({"avatar": "a.png"})),
+        admin: false,
     });
     let mut alice = PhxClient::connect(&node.ws_url(&format!("vsn=2.0.0&token={token}")))
         .await

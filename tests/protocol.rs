@@ -290,6 +290,7 @@ async fn channels_claim_limits_topics() {
         channels: Some(vec!["chat:room:1".into(), "comments:*".into()]),
         name: None,
         meta: None,
+        admin: false,
     });
     let mut a = PhxClient::connect(&node.ws_url(&format!("vsn=2.0.0&token={token}")))
         .await

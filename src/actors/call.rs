@@ -24,7 +24,7 @@ use crate::calls::arc::peer::{ArcPeer, ArcPeerArgs};
 use crate::calls::peer::{Peer, PeerArgs, PeerMsg, Subscriber};
 use crate::calls::{
     ArcJoin, ArcRequest, CallError, Calls, Member, Signal, SignalTarget, TrackId, TrackInfo,
-    kind_name,
+    Traffic, kind_name,
 };
 use crate::pubsub::SessionId;
 
@@ -91,6 +91,7 @@ struct Participant {
     session: SessionId,
     peer: ActorRef<PeerMsg>,
     backlog: Arc<AtomicUsize>,
+    traffic: Arc<Traffic>,
     signal: SignalTarget,
     /// Why it is leaving, when the call asked it to.
     leaving: Option<&'static str>,
@@ -154,8 +155,10 @@ impl CallState {
         }
         let participant: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         let backlog = Arc::new(AtomicUsize::new(0));
+        let traffic = Arc::new(Traffic::default());
         let args = PeerArgs {
             backlog: backlog.clone(),
+            traffic: traffic.clone(),
             participant: participant.clone(),
             user_id: user_id.clone(),
             call: myself.clone(),
@@ -190,6 +193,7 @@ impl CallState {
                 session,
                 peer,
                 backlog,
+                traffic,
                 signal,
                 leaving: None,
             },
@@ -266,6 +270,7 @@ impl CallState {
         };
         let args = ArcPeerArgs {
             backlog: backlog.clone(),
+            traffic: p.traffic.clone(),
             participant: p.id.clone(),
             user_id: p.user_id.clone(),
             call: myself.clone(),
@@ -571,6 +576,17 @@ impl Actor for Call {
                         participant_id: p.id.clone(),
                         user_id: p.user_id.clone(),
                         peer: p.peer.get_cell(),
+                        transport: match p.transport {
+                            Transport::Undecided => "undecided",
+                            Transport::WebRtc => "webrtc",
+                            Transport::Arc { .. } => "arcrtc",
+                        },
+                        tracks: state
+                            .tracks
+                            .iter()
+                            .filter(|t| t.participant == p.id)
+                            .count(),
+                        traffic: p.traffic.clone(),
                     })
                     .collect();
                 let _ = reply.send(roster);

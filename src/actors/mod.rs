@@ -4,11 +4,13 @@
 //! - [`presence::PresenceTracker`]: presence state and diffs for the node.
 //! - [`gateway::Gateway`]: the HTTP listener.
 //! - [`janitor::Janitor`]: periodic housekeeping (history sweeps).
+//! - [`dashboard::Dashboard`]: activity samples, and the operations page's snapshots.
 //! - [`bridge::BusBridge`]: the message bus's end: work in, results out, pushes.
 
 pub mod ai;
 pub mod bridge;
 pub mod call;
+pub mod dashboard;
 pub mod gateway;
 pub mod janitor;
 pub mod notification;

@@ -39,6 +39,8 @@ pub struct MediaService {
     supervisor: Mutex<Option<ActorRef<TranscodeMsg>>>,
     limit: usize,
     metrics: Arc<Metrics>,
+    /// The last progress of each transcode running here, by media id (the dashboard).
+    progress: dashmap::DashMap<String, Progress>,
 }
 
 impl MediaService {
@@ -53,6 +55,27 @@ impl MediaService {
             supervisor: Mutex::new(None),
             limit,
             metrics,
+            progress: dashmap::DashMap::new(),
+        }
+    }
+
+    /// The last progress of each transcode running here, by media id.
+    pub fn progress_all(&self) -> Vec<(String, Progress)> {
+        self.progress
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Media ids running, and waiting for a slot, on this node.
+    pub async fn jobs(&self) -> Option<(Vec<String>, Vec<String>)> {
+        let sup = self.supervisor()?;
+        match sup
+            .call(TranscodeMsg::Jobs, Some(std::time::Duration::from_secs(1)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(jobs)) => Some(jobs),
+            _ => None,
         }
     }
 
@@ -148,7 +171,10 @@ impl JobHandler for MediaJobs {
         };
         let outlet = job.outlet.clone();
         let (media_id, user_id) = (request.media_id.clone(), request.user_id.clone());
+        let service = self.0.clone();
+        let watched = Watched::new(&service, &media_id);
         let progress: ProgressSink = Box::new(move |p: Progress| {
+            service.progress.insert(media_id.clone(), p.clone());
             let mut payload = Map::new();
             payload.insert("media_id".into(), json!(media_id));
             payload.insert("user_id".into(), json!(user_id));
@@ -160,13 +186,36 @@ impl JobHandler for MediaJobs {
             payload.insert("eta_s".into(), json!(p.eta_s));
             outlet.emit(events::MEDIA_PROGRESS, payload);
         });
-        match self.0.submit(request, progress).await {
+        let outcome = self.0.submit(request, progress).await;
+        drop(watched);
+        match outcome {
             Ok(ready) => Outcome::Done(ready),
             Err(e) => Outcome::Failed {
                 retry: e.retryable(),
                 reason: e.to_string(),
             },
         }
+    }
+}
+
+/// Forgets a job's progress when its run ends, however it ends.
+struct Watched {
+    service: Arc<MediaService>,
+    media_id: String,
+}
+
+impl Watched {
+    fn new(service: &Arc<MediaService>, media_id: &str) -> Watched {
+        Watched {
+            service: service.clone(),
+            media_id: media_id.to_string(),
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.service.progress.remove(&self.media_id);
     }
 }
 

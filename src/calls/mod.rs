@@ -182,6 +182,33 @@ pub struct TrackInfo {
     pub publisher: ActorRef<peer::PeerMsg>,
 }
 
+/// Bytes a participant's media path carried, both ways: every UDP payload of
+/// its session (media, RTCP, and for WebRTC DTLS and STUN), shared by its Peer
+/// and the call so the dashboard can show bitrates.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Traffic {
+    pub fn received(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes received from and sent to the participant so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.received.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// One participant of a call, as [`Calls::roster`] lists it.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -189,6 +216,11 @@ pub struct Member {
     pub user_id: Arc<str>,
     /// Its Peer actor.
     pub peer: ActorCell,
+    /// `webrtc`, `arcrtc`, or `undecided` before its first signal.
+    pub transport: &'static str,
+    /// Tracks it publishes.
+    pub tracks: usize,
+    pub traffic: Arc<Traffic>,
 }
 
 /// Lowercase `audio`/`video`, as the browser APIs name kinds.
@@ -425,6 +457,25 @@ impl Calls {
         if let Some(call) = self.registry.get(id) {
             let _ = call.cast(CallMsg::Leave { session, reason });
         }
+    }
+
+    /// The calls running here and who is in them (for the dashboard).
+    pub async fn overview(&self) -> Vec<(Arc<str>, Vec<Member>)> {
+        let calls: Vec<(Arc<str>, ActorRef<CallMsg>)> = self
+            .registry
+            .iter()
+            .map(|r| (r.key().clone(), r.value().clone()))
+            .collect();
+        let mut out = Vec::with_capacity(calls.len());
+        for (id, call) in calls {
+            if let Ok(CallResult::Success(members)) = call
+                .call(CallMsg::Roster, Some(Duration::from_millis(500)))
+                .await
+            {
+                out.push((id, members));
+            }
+        }
+        out
     }
 
     /// Who is in call `id` (empty when no such call runs here).

@@ -9,6 +9,7 @@
 //! standard routes are the original Armoricore app's topics (see `rooms`). Tests add
 //! their own routes the same way an application would.
 
+pub mod admin;
 pub mod call;
 pub mod rooms;
 
@@ -138,6 +139,8 @@ pub enum Access {
     /// Only the user named by the topic's suffix (`user:{id}`), and the `channels`
     /// claim must also allow it when present.
     OwnUser,
+    /// Only operators: tokens with the `admin` claim (the dashboard's own tokens).
+    Admin,
 }
 
 /// One topic prefix and its channel.
@@ -185,6 +188,7 @@ impl Router {
                 Access::Public,
                 call::CallSignaling,
             )
+            .route("admin:", Access::Admin, admin::AdminChannel)
     }
 
     /// Add a route; a topic goes to the longest matching prefix.
@@ -213,6 +217,7 @@ impl Router {
         let owner_ok = match route.access {
             Access::Public => true,
             Access::OwnUser => topic[route.prefix.len()..] == user.user_id,
+            Access::Admin => user.admin,
         };
         if claim_ok && owner_ok {
             Ok(route)
@@ -232,6 +237,7 @@ mod tests {
             channels: channels.map(|c| c.into_iter().map(String::from).collect()),
             name: None,
             meta: None,
+            admin: false,
         }
     }
 
@@ -261,6 +267,24 @@ mod tests {
         );
         assert_eq!(
             r.authorize("user:alice", &scoped).err(),
+            Some(RouteError::Unauthorized)
+        );
+        // admin: topics need the admin claim, and the channels claim still applies.
+        assert_eq!(
+            r.authorize("admin:dashboard", &alice).err(),
+            Some(RouteError::Unauthorized)
+        );
+        let operator = Claims {
+            admin: true,
+            ..user("ops", None)
+        };
+        assert!(r.authorize("admin:dashboard", &operator).is_ok());
+        let scoped_operator = Claims {
+            admin: true,
+            ..user("ops", Some(vec!["chat:*"]))
+        };
+        assert_eq!(
+            r.authorize("admin:dashboard", &scoped_operator).err(),
             Some(RouteError::Unauthorized)
         );
     }

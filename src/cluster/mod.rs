@@ -6,8 +6,9 @@
 //!                        has a local subscriber of the topic (SUBSCRIBE on the
 //!                        first, UNSUBSCRIBE after the last); a broadcast is
 //!                        published once per node: {"n": node_id, "e": event, "p": payload}
-//! armoricore:nodes       heartbeats {"n": node_id} every cluster.heartbeat_ms:
-//!                        who is alive (armoricore_cluster_nodes)
+//! armoricore:nodes       heartbeats {"n": node_id, "p": {"seq", "s"}} every
+//!                        cluster.heartbeat_ms: who is alive (armoricore_cluster_nodes),
+//!                        and a summary of each node ("s") for the dashboard
 //! armoricore:presence    presence replication (see `tracker`)
 //! armoricore:h:{topic}   shared history: head and epoch (hash), and the kept
 //! armoricore:hm:{topic}  messages by offset (sorted set); see PUBLISH_SCRIPT
@@ -206,10 +207,34 @@ pub struct Cluster {
     receivers: Mutex<Option<Receivers>>,
     /// Every other node heard from, and how far its presence changes were applied.
     peers: Mutex<HashMap<String, tracker::Peer>>,
+    /// Nodes that went silent (or were an earlier run of a restarted node), as
+    /// last heard of, newest last: the dashboard shows them for a while.
+    departed: Mutex<std::collections::VecDeque<(String, tracker::Peer)>>,
     /// Number of this node's last presence change sent.
     presence_seq: std::sync::atomic::AtomicU64,
     presence: Mutex<Option<Weak<Presence>>>,
+    /// What this node says of itself in its heartbeats.
+    summary: Mutex<Option<Summary>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Departed nodes the dashboard still lists.
+const DEPARTED_KEPT: usize = 16;
+/// ... for this long after they were last heard from.
+const DEPARTED_SHOWN: Duration = Duration::from_secs(600);
+
+/// Makes the summary a node sends with each heartbeat.
+pub type Summary = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// A node of the cluster as this one last heard of it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub id: String,
+    /// Heard from within `cluster.node_timeout_ms` (always, for this node).
+    pub alive: bool,
+    pub last_seen: Duration,
+    /// Its last heartbeat's summary (`Null` when it sent none).
+    pub summary: Value,
 }
 
 impl Drop for Cluster {
@@ -258,8 +283,10 @@ impl Cluster {
             interest,
             receivers: Mutex::new(Some((out_rx, control_rx, interest_rx))),
             peers: Mutex::default(),
+            departed: Mutex::default(),
             presence_seq: Default::default(),
             presence: Mutex::default(),
+            summary: Mutex::default(),
             tasks: Mutex::default(),
         })
     }
@@ -534,6 +561,51 @@ impl Cluster {
         self.publisher.is_connected() && self.subscriber.is_connected()
     }
 
+    /// Say `summary()` of this node in every heartbeat.
+    pub fn set_summary(&self, summary: Summary) {
+        *self.summary.lock() = Some(summary);
+    }
+
+    /// Every node heard from, this one first, and what each last said of itself.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let timeout = Duration::from_millis(self.config.node_timeout_ms);
+        let own = self.summary.lock().clone();
+        let mut nodes = vec![NodeView {
+            id: self.node_id.clone(),
+            alive: true,
+            last_seen: Duration::ZERO,
+            summary: own.map_or(Value::Null, |f| f()),
+        }];
+        let mut others: Vec<NodeView> = self
+            .peers
+            .lock()
+            .iter()
+            .map(|(id, p)| NodeView {
+                id: id.clone(),
+                alive: p.last_seen.elapsed() < timeout,
+                last_seen: p.last_seen.elapsed(),
+                summary: p.summary.clone(),
+            })
+            .collect();
+        let peers: std::collections::HashSet<String> =
+            others.iter().map(|n| n.id.clone()).collect();
+        others.extend(
+            self.departed
+                .lock()
+                .iter()
+                .filter(|(id, p)| !peers.contains(id) && p.last_seen.elapsed() < DEPARTED_SHOWN)
+                .map(|(id, p)| NodeView {
+                    id: id.clone(),
+                    alive: false,
+                    last_seen: p.last_seen.elapsed(),
+                    summary: p.summary.clone(),
+                }),
+        );
+        others.sort_by(|a, b| a.id.cmp(&b.id));
+        nodes.extend(others);
+        nodes
+    }
+
     /// Nodes alive (heard from within `cluster.node_timeout_ms`), this one included.
     pub fn size(&self) -> usize {
         let timeout = Duration::from_millis(self.config.node_timeout_ms);
@@ -641,7 +713,8 @@ impl Cluster {
             }
             if *message.channel == *nodes {
                 let seq = incoming.p["seq"].as_u64().unwrap_or(0);
-                self.on_heartbeat(incoming.n, seq);
+                let summary = incoming.p.get("s").cloned().unwrap_or(Value::Null);
+                self.on_heartbeat(incoming.n, seq, summary);
                 continue;
             }
             let Some(topic) = message.channel.strip_prefix(topic_prefix.as_str()) else {
@@ -666,7 +739,10 @@ impl Cluster {
         loop {
             every.tick().await;
             let seq = self.presence_seq.load(std::sync::atomic::Ordering::SeqCst);
-            let beat = serde_json::json!({"n": self.node_id, "e": "heartbeat", "p": {"seq": seq}});
+            let summary = self.summary.lock().clone().map_or(Value::Null, |f| f());
+            let beat = serde_json::json!({
+                "n": self.node_id, "e": "heartbeat", "p": {"seq": seq, "s": summary}
+            });
             let body = Bytes::from(serde_json::to_vec(&beat).expect("JSON serializes"));
             if self.control.try_send((self.nodes_channel(), body)).is_err() {
                 self.metrics.redis_dropped.inc();

@@ -53,6 +53,8 @@ pub(super) struct Peer {
     /// A number a heartbeat announced that no delta has brought yet: lost if the
     /// next heartbeat announces it again (a heartbeat may overtake a delta).
     pub suspect: Option<u64>,
+    /// What its last heartbeat said of it (the dashboard).
+    pub summary: serde_json::Value,
 }
 
 /// The name a node id was made from (`name-xxxxxxxx`).
@@ -131,12 +133,13 @@ impl Cluster {
     }
 
     /// A heartbeat from `node` announcing change number `seq`.
-    pub(super) fn on_heartbeat(&self, node: String, seq: u64) {
+    pub(super) fn on_heartbeat(&self, node: String, seq: u64, summary: serde_json::Value) {
         let (new, lost, waiting) = {
             let mut peers = self.peers.lock();
             match peers.get_mut(&node) {
                 Some(peer) => {
                     peer.last_seen = Instant::now();
+                    peer.summary = summary;
                     let behind = peer.seq.is_some_and(|s| s < seq);
                     let lost = behind && peer.suspect == Some(seq);
                     peer.suspect = behind.then_some(seq);
@@ -149,6 +152,7 @@ impl Cluster {
                             last_seen: Instant::now(),
                             seq: None,
                             suspect: None,
+                            summary,
                         },
                     );
                     (true, false, false)
@@ -195,7 +199,14 @@ impl Cluster {
 
     /// Remove a node and every presence it had.
     pub(super) fn drop_peer(&self, node: &str) {
-        self.peers.lock().remove(node);
+        if let Some(peer) = self.peers.lock().remove(node) {
+            let mut departed = self.departed.lock();
+            departed.retain(|(n, _)| n != node);
+            if departed.len() == super::DEPARTED_KEPT {
+                departed.pop_front();
+            }
+            departed.push_back((node.to_string(), peer));
+        }
         if let Some(presence) = self.presence_now() {
             presence.purge_remote(node);
         }

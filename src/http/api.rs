@@ -159,7 +159,7 @@ pub async fn notify(
 
 /// Validate an event envelope and put it on the bus (work subjects on the work
 /// queue); its `event_id`.
-async fn publish(hub: &Hub, mut body: Map<String, Value>) -> Result<String, Refusal> {
+pub(crate) async fn publish(hub: &Hub, mut body: Map<String, Value>) -> Result<String, Refusal> {
     let subject = string(&body, "event_type")?.to_string();
     if !events::is_known(&subject) {
         return Err(Refusal::new(
@@ -226,8 +226,10 @@ pub async fn presence(
     Ok(Json(hub.presence.list(&topic)))
 }
 
-/// `POST /api/disconnect {user_id}`: close every socket of the user (1000, so
-/// phoenix.js does not reconnect by itself).
+/// `POST /api/disconnect {user_id}`: close every socket of the user with 1000. As
+/// with Phoenix's `"disconnect"` broadcast, phoenix.js connects again (it
+/// reconnects after any close it did not ask for): to keep a user out, stop
+/// giving it tokens as well.
 pub async fn disconnect(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
@@ -342,7 +344,7 @@ fn rfc3339(ms: Option<i64>) -> Value {
 }
 
 /// A job record as the API shows it.
-fn job_json(job: &crate::store::JobRecord) -> Value {
+pub(crate) fn job_json(job: &crate::store::JobRecord) -> Value {
     json!({
         "id": job.id,
         "kind": job.kind,

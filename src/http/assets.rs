@@ -5,6 +5,7 @@
 //! GET /assets/phoenix.mjs   phoenix.js 1.8 as an ES module (MIT, vendored in static/)
 //! GET /assets/call.js       the call client: joinCall(), inboundStats()
 //! GET /calls/demo           a page that joins ?call=ID with ?token=JWT, camera and mic
+//! GET /assets/dashboard.js  the operations page's script (http/dashboard.rs serves the page)
 //! ```
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::hub::Hub;
 const PHOENIX: &str = include_str!("../../static/phoenix.mjs");
 const CALL_JS: &str = include_str!("../../static/call.js");
 const CALL_HTML: &str = include_str!("../../static/call.html");
+const DASHBOARD_JS: &str = include_str!("../../static/dashboard.js");
 
 fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse {
     (
@@ -31,10 +33,15 @@ fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse {
 }
 
 pub fn routes(calls: bool) -> Router<Arc<Hub>> {
-    let router = Router::new().route(
-        "/assets/phoenix.mjs",
-        get(|| async { asset("text/javascript; charset=utf-8", PHOENIX) }),
-    );
+    let router = Router::new()
+        .route(
+            "/assets/phoenix.mjs",
+            get(|| async { asset("text/javascript; charset=utf-8", PHOENIX) }),
+        )
+        .route(
+            "/assets/dashboard.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }),
+        );
     if !calls {
         return router;
     }

@@ -11,6 +11,8 @@
 //!                              the server API (api.rs), with an API key
 //! GET      /assets/phoenix.mjs, /assets/call.js, /calls/demo
 //!                              embedded scripts and the call demo page (assets.rs)
+//! GET      /dashboard, /dashboard/token
+//!                              the operations page (dashboard.rs), with a password
 //! GET      /media/...          transcoded media in local storage (read-only, ranges,
 //!                              CORS open), so HLS plays out of the box
 //! ```
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod dashboard;
 pub mod longpoll;
 pub mod transport;
 pub mod websocket;
@@ -57,6 +60,8 @@ pub fn app(hub: Arc<Hub>) -> Router {
         .route("/api/messages/{id}", delete(api::delete_message))
         .route("/api/media/{id}", get(api::media))
         .route("/api/jobs", get(api::jobs))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/token", get(dashboard::fresh_token))
         .merge(assets::routes(hub.calls.is_some()))
         .with_state(hub);
     match media_root {

@@ -10,7 +10,12 @@
 //! exp, nbf        checked with a small leeway
 //! channels        optional list of topic patterns the token may join, `*` wildcard
 //! name, meta      optional, copied into presence metas
+//! admin           optional boolean: may join `admin:` topics (the dashboard)
 //! ```
+//!
+//! Besides the configured key, a verifier may hold the dashboard key: HS256 tokens
+//! with `kid: "armoricore-dashboard"`, minted by the node for its operations page
+//! (always `admin`, always expiring; see `http::dashboard`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,14 +80,19 @@ pub enum KeyError {
 }
 
 /// The authenticated user of a connection, from a verified token.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Claims {
     pub user_id: String,
     /// Topic patterns the token may join; `None` means every public topic.
     pub channels: Option<Vec<String>>,
     pub name: Option<String>,
     pub meta: Option<Value>,
+    /// An operator: may join `admin:` topics.
+    pub admin: bool,
 }
+
+/// The `kid` of the tokens the node mints for its dashboard.
+pub const DASHBOARD_KID: &str = "armoricore-dashboard";
 
 /// A user id claim: phoenix backends often put integers there.
 #[derive(Debug, Deserialize, Serialize)]
@@ -117,6 +127,34 @@ struct RawClaims {
     name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     meta: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin: Option<bool>,
+}
+
+impl RawClaims {
+    fn into_claims(self) -> Result<Claims, AuthError> {
+        let user_id = self
+            .sub
+            .or(self.user_id)
+            .map(Id::into_string)
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::NoSubject)?;
+        Ok(Claims {
+            user_id,
+            channels: self.channels,
+            name: self.name,
+            meta: self.meta,
+            admin: self.admin.unwrap_or(false),
+        })
+    }
+}
+
+/// The node's own HS256 key for dashboard tokens.
+#[derive(Clone)]
+struct DashboardKey {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
 }
 
 /// The key material and rules tokens are checked against.
@@ -127,6 +165,7 @@ pub struct Verifier {
     algorithm: Algorithm,
     /// HS256 secret, kept so `armoricore token` and tests can mint with it.
     secret: Option<Vec<u8>>,
+    dashboard: Option<DashboardKey>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -155,6 +194,7 @@ impl Verifier {
             validation: validation(Algorithm::HS256, leeway, require_exp),
             algorithm: Algorithm::HS256,
             secret: Some(secret.to_vec()),
+            dashboard: None,
         }
     }
 
@@ -184,7 +224,20 @@ impl Verifier {
             validation: validation(alg, leeway, require_exp),
             algorithm: alg,
             secret: None,
+            dashboard: None,
         })
+    }
+
+    /// Also accept the dashboard's tokens, signed with `secret` (see [`DASHBOARD_KID`]).
+    pub fn with_dashboard_key(mut self, secret: &[u8]) -> Verifier {
+        let mut validation = validation(Algorithm::HS256, Duration::ZERO, true);
+        validation.leeway = self.validation.leeway;
+        self.dashboard = Some(DashboardKey {
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+        });
+        self
     }
 
     /// Verify a token and extract the user it names.
@@ -193,36 +246,39 @@ impl Verifier {
             return Err(AuthError::Missing);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.kid.as_deref() == Some(DASHBOARD_KID) {
+            let key = self.dashboard.as_ref().ok_or(AuthError::BadSignature)?;
+            if header.alg != Algorithm::HS256 {
+                return Err(AuthError::WrongAlgorithm(Algorithm::HS256));
+            }
+            return decode(token, &key.decoding, &key.validation)?.into_claims();
+        }
         if header.alg != self.algorithm {
             return Err(AuthError::WrongAlgorithm(self.algorithm));
         }
-        let data =
-            jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                    ErrorKind::InvalidSignature => AuthError::BadSignature,
-                    ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(self.algorithm),
-                    ErrorKind::MissingRequiredClaim(c) => {
-                        AuthError::BadClaims(format!("missing required claim `{c}`"))
-                    }
-                    ErrorKind::Json(e) => AuthError::BadClaims(e.to_string()),
-                    _ => AuthError::Malformed,
-                }
-            })?;
-        let raw = data.claims;
-        let user_id = raw
-            .sub
-            .or(raw.user_id)
-            .map(Id::into_string)
-            .filter(|s| !s.is_empty())
-            .ok_or(AuthError::NoSubject)?;
-        Ok(Claims {
-            user_id,
-            channels: raw.channels,
-            name: raw.name,
-            meta: raw.meta,
-        })
+        decode(token, &self.key, &self.validation)?.into_claims()
+    }
+
+    /// Mint a dashboard token: an `admin` user named `dashboard`, valid for `ttl`.
+    pub fn mint_dashboard(&self, ttl: Duration) -> Result<String, KeyError> {
+        let key = self
+            .dashboard
+            .as_ref()
+            .ok_or(KeyError::CannotSign(Algorithm::HS256))?;
+        let now = unix_now();
+        let raw = RawClaims {
+            sub: Some(Id::Str("dashboard".into())),
+            user_id: None,
+            exp: Some(now + ttl.as_secs().max(1)),
+            iat: Some(now),
+            channels: Some(vec!["admin:*".into()]),
+            name: Some("dashboard".into()),
+            meta: None,
+            admin: Some(true),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(DASHBOARD_KID.into());
+        jsonwebtoken::encode(&header, &raw, &key.encoding).map_err(KeyError::Sign)
     }
 
     /// Mint an HS256 token with the configured secret (development tokens, tests).
@@ -231,10 +287,7 @@ impl Verifier {
             .secret
             .as_ref()
             .ok_or(KeyError::CannotSign(self.algorithm))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = unix_now();
         let raw = RawClaims {
             sub: Some(Id::Str(claims.user_id.clone())),
             user_id: None,
@@ -243,6 +296,7 @@ impl Verifier {
             channels: claims.channels.clone(),
             name: claims.name.clone(),
             meta: claims.meta.clone(),
+            admin: claims.admin.then_some(true),
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -251,6 +305,31 @@ impl Verifier {
         )
         .map_err(KeyError::Sign)
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Check a token's signature and times with `key`.
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<RawClaims, AuthError> {
+    let algorithm = validation.algorithms[0];
+    jsonwebtoken::decode::<RawClaims>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(algorithm),
+            ErrorKind::MissingRequiredClaim(c) => {
+                AuthError::BadClaims(format!("missing required claim `{c}`"))
+            }
+            ErrorKind::Json(e) => AuthError::BadClaims(e.to_string()),
+            _ => AuthError::Malformed,
+        })
 }
 
 fn validation(alg: Algorithm, leeway: Duration, require_exp: bool) -> Validation {
@@ -294,6 +373,7 @@ mod tests {
             channels: None,
             name: None,
             meta: None,
+            admin: false,
         }
     }
 

@@ -43,6 +43,8 @@ struct Topic {
     taps: Vec<(SessionId, Vec<Tapped>)>,
     /// Emptied and removed from the registry: whoever still holds it must look again.
     dead: bool,
+    /// Broadcasts delivered here since the topic appeared (the dashboard's rates).
+    broadcasts: u64,
 }
 
 /// A broadcast seen by a tap: its event and payload.
@@ -226,6 +228,7 @@ impl PubSub {
             return 0;
         };
         let mut guard = t.lock();
+        guard.broadcasts += 1;
         if !guard.taps.is_empty() {
             let seen: Tapped = (Arc::from(event), Arc::new(payload.clone()));
             for (_, tapped) in guard.taps.iter_mut() {
@@ -275,6 +278,28 @@ impl PubSub {
     /// Topics with at least one subscriber.
     pub fn topic_count(&self) -> usize {
         self.topics.len()
+    }
+
+    /// The `n` topics with the most subscribers here: `(topic, subscribers,
+    /// broadcasts so far)`, most subscribers first. Visits every topic: for the
+    /// dashboard, not for hot paths.
+    pub fn busiest(&self, n: usize) -> Vec<(Arc<str>, usize, u64)> {
+        // The map's locks are let go before any topic's is taken (its order elsewhere).
+        let topics: Vec<(Arc<str>, Arc<Mutex<Topic>>)> = self
+            .topics
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        let mut all: Vec<(Arc<str>, usize, u64)> = topics
+            .into_iter()
+            .map(|(name, t)| {
+                let t = t.lock();
+                (name, t.subscribers.len(), t.broadcasts)
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| b.2.cmp(&a.2)));
+        all.truncate(n);
+        all
     }
 }
 

@@ -22,7 +22,7 @@ use crate::actors::transcode::TranscodeSupervisor;
 use crate::hub::Hub;
 
 /// The root's children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
     Gateway,
     Sessions,
@@ -37,13 +37,16 @@ pub enum Child {
     Ai,
     /// The CallSupervisor (when calls are enabled).
     Calls,
+    /// Samples activity and feeds the dashboard (`admin:dashboard`).
+    Dashboard,
 }
 
 impl Child {
     /// Start order; they stop in reverse (the bridge hands running jobs back
     /// after the sessions are gone).
-    const ALL: [Child; 9] = [
+    const ALL: [Child; 10] = [
         Child::Janitor,
+        Child::Dashboard,
         Child::Presence,
         Child::Calls,
         Child::Media,
@@ -57,6 +60,31 @@ impl Child {
     fn policy(self) -> RestartPolicy {
         RestartPolicy::Permanent
     }
+
+    /// Its name on the dashboard.
+    pub fn name(self) -> &'static str {
+        match self {
+            Child::Gateway => "gateway",
+            Child::Sessions => "sessions",
+            Child::Presence => "presence",
+            Child::Janitor => "janitor",
+            Child::Bridge => "bus_bridge",
+            Child::Media => "transcode",
+            Child::Notifications => "notifications",
+            Child::Ai => "ai",
+            Child::Calls => "calls",
+            Child::Dashboard => "dashboard",
+        }
+    }
+}
+
+/// A child of the root as the dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct ChildView {
+    pub child: Child,
+    pub cell: ActorCell,
+    /// Times the root restarted it.
+    pub restarts: u64,
 }
 
 pub struct RootSupervisor;
@@ -69,12 +97,15 @@ pub struct RootArgs {
 pub enum RootMsg {
     /// Test and operations hook: the current cell of a child.
     Child(Child, ractor::RpcReplyPort<Option<ActorCell>>),
+    /// Every running child, in start order, with its restart count.
+    Children(ractor::RpcReplyPort<Vec<ChildView>>),
 }
 
 pub struct RootState {
     hub: Arc<Hub>,
     listener: Arc<std::net::TcpListener>,
     children: HashMap<ActorId, (Child, ActorCell)>,
+    restarts: HashMap<Child, u64>,
     intensity: Intensity,
 }
 
@@ -158,6 +189,12 @@ impl RootSupervisor {
                 calls.set_supervisor(Some(actor.get_cell()));
                 actor.get_cell()
             }
+            Child::Dashboard => {
+                Actor::spawn_linked(None, crate::actors::dashboard::Dashboard, hub, sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
             Child::Janitor => Actor::spawn_linked(None, Janitor, hub, sup)
                 .await?
                 .0
@@ -190,6 +227,7 @@ impl Actor for RootSupervisor {
             hub: args.hub,
             listener: args.listener,
             children: HashMap::new(),
+            restarts: HashMap::new(),
         };
         for child in Child::ALL {
             Self::start_child(&myself, &mut state, child).await?;
@@ -211,6 +249,20 @@ impl Actor for RootSupervisor {
                     .find(|(c, _)| *c == which)
                     .map(|(_, cell)| cell.clone());
                 let _ = reply.send(cell);
+            }
+            RootMsg::Children(reply) => {
+                let children = Child::ALL
+                    .iter()
+                    .filter_map(|which| {
+                        let (child, cell) = state.children.values().find(|(c, _)| c == which)?;
+                        Some(ChildView {
+                            child: *child,
+                            cell: cell.clone(),
+                            restarts: state.restarts.get(child).copied().unwrap_or(0),
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(children);
             }
         }
         Ok(())
@@ -241,6 +293,7 @@ impl Actor for RootSupervisor {
             .restarts
             .with_label_values(&["root"])
             .inc();
+        *state.restarts.entry(child).or_default() += 1;
         if !state.intensity.allow(Instant::now()) {
             return Err(
                 format!("restart intensity exceeded ({child:?} keeps failing); giving up").into(),

@@ -110,6 +110,7 @@ pub fn token(secret: &str, user: &str) -> String {
         channels: None,
         name: None,
         meta: None,
+        admin: false,
     };
     armoricore::protocols::jwt::Verifier::hs256(secret.as_bytes(), Duration::from_secs(30), true)
         .mint(&claims, Some(Duration::from_secs(600)))

@@ -128,6 +128,7 @@ impl TestNode {
             channels: None,
             name: None,
             meta: None,
+            admin: false,
         })
     }
 

@@ -39,6 +39,7 @@ pub struct ArcPeer;
 
 pub struct ArcPeerArgs {
     pub backlog: Arc<AtomicUsize>,
+    pub traffic: Arc<crate::calls::Traffic>,
     pub participant: Arc<str>,
     pub user_id: Arc<str>,
     pub call: ActorRef<CallMsg>,
@@ -113,6 +114,7 @@ pub struct ArcState {
     myself: ActorRef<PeerMsg>,
     backlog: Arc<AtomicUsize>,
     queued: Arc<AtomicUsize>,
+    traffic: Arc<crate::calls::Traffic>,
     participant: Arc<str>,
     user_id: Arc<str>,
     call: ActorRef<CallMsg>,
@@ -180,6 +182,7 @@ impl ArcState {
         };
         match protected {
             Ok(bytes) => {
+                self.traffic.sent(bytes.len());
                 self.calls.arc.send(local, remote, &bytes);
                 self.sent = Instant::now();
                 Some(bytes)
@@ -539,6 +542,7 @@ impl ArcState {
                     p.resent = Some(now);
                     resent += 1;
                     // The same protected bytes: a new protection would reuse the keystream.
+                    self.traffic.sent(p.bytes.len());
                     self.calls.arc.send(local, remote, &p.bytes);
                 }
             }
@@ -696,6 +700,7 @@ impl Actor for ArcPeer {
             myself,
             backlog: args.backlog,
             queued,
+            traffic: args.traffic,
             participant: args.participant,
             user_id: args.user_id,
             call: args.call,
@@ -738,6 +743,7 @@ impl Actor for ArcPeer {
         match msg {
             PeerMsg::Datagram(d) => {
                 state.queued.fetch_sub(1, Ordering::Relaxed);
+                state.traffic.received(d.data.len());
                 state.receive(&d.data, d.source, d.destination, d.at);
             }
             PeerMsg::Tick => state.tick(Instant::now()),

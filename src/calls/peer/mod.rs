@@ -38,6 +38,7 @@ pub struct Peer;
 pub struct PeerArgs {
     /// Forwarded packets waiting in this Peer's mailbox (shared with publishers).
     pub backlog: Arc<AtomicUsize>,
+    pub traffic: Arc<crate::calls::Traffic>,
     pub participant: Arc<str>,
     pub user_id: Arc<str>,
     pub call: ActorRef<CallMsg>,
@@ -185,6 +186,7 @@ pub struct PeerState {
     /// Forwarded packets, and datagrams, waiting in our mailbox.
     backlog: Arc<AtomicUsize>,
     queued: Arc<AtomicUsize>,
+    traffic: Arc<crate::calls::Traffic>,
     participant: Arc<str>,
     user_id: Arc<str>,
     call: ActorRef<CallMsg>,
@@ -250,6 +252,7 @@ impl PeerState {
             let deadline = loop {
                 match self.rtc.poll_output() {
                     Ok(Output::Transmit(t)) => {
+                        self.traffic.sent(t.contents.len());
                         self.endpoint.send(t.source, t.destination, &t.contents);
                     }
                     Ok(Output::Timeout(t)) => break t,
@@ -409,6 +412,7 @@ impl Actor for Peer {
             myself,
             backlog: args.backlog,
             queued,
+            traffic: args.traffic,
             participant: args.participant,
             user_id: args.user_id,
             call: args.call,
@@ -443,6 +447,7 @@ impl Actor for Peer {
         match msg {
             PeerMsg::Datagram(d) => {
                 state.queued.fetch_sub(1, Ordering::Relaxed);
+                state.traffic.received(d.data.len());
                 state.receive(d);
             }
             PeerMsg::Tick => {
