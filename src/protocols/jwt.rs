@@ -420,4 +420,60 @@ mod tests {
         assert!(!topic_matches("a*b*c", "abx"));
         assert!(topic_matches("a*b*c", "aXbYc"));
     }
+
+    #[test]
+    fn dashboard_tokens() {
+        let app = Verifier::hs256(b"app-secret", Duration::ZERO, true);
+        let v = app.clone().with_dashboard_key(b"dashboard-key");
+        let t = v.mint_dashboard(Duration::from_secs(60)).unwrap();
+        let header = jsonwebtoken::decode_header(&t).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(DASHBOARD_KID));
+        let c = v.verify(&t).unwrap();
+        assert_eq!(c.user_id, "dashboard");
+        assert!(c.admin);
+        assert_eq!(c.channels, Some(vec!["admin:*".to_string()]));
+        // Not without the dashboard key, nor with another one.
+        assert_eq!(app.verify(&t), Err(AuthError::BadSignature));
+        let other = app.clone().with_dashboard_key(b"another-key");
+        assert_eq!(other.verify(&t), Err(AuthError::BadSignature));
+        // The kid does not make an app-signed token a dashboard token.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(DASHBOARD_KID.into());
+        let raw = RawClaims {
+            sub: Some(Id::Str("mallory".into())),
+            user_id: None,
+            exp: Some(unix_now() + 60),
+            iat: None,
+            channels: None,
+            name: None,
+            meta: None,
+            admin: Some(true),
+        };
+        let forged =
+            jsonwebtoken::encode(&header, &raw, &EncodingKey::from_secret(b"app-secret")).unwrap();
+        assert_eq!(v.verify(&forged), Err(AuthError::BadSignature));
+        // An app token is admin only when it says so.
+        let plain = v
+            .mint(&claims("alice"), Some(Duration::from_secs(60)))
+            .unwrap();
+        assert!(!v.verify(&plain).unwrap().admin);
+        let ops = Claims {
+            admin: true,
+            ..claims("ops")
+        };
+        let admin = v.mint(&ops, Some(Duration::from_secs(60))).unwrap();
+        assert!(v.verify(&admin).unwrap().admin);
+        // Expired dashboard tokens are refused like any other.
+        let raw = RawClaims {
+            sub: Some(Id::Str("dashboard".into())),
+            exp: Some(unix_now() - 10),
+            admin: Some(true),
+            ..raw
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(DASHBOARD_KID.into());
+        let old = jsonwebtoken::encode(&header, &raw, &EncodingKey::from_secret(b"dashboard-key"))
+            .unwrap();
+        assert_eq!(v.verify(&old), Err(AuthError::Expired));
+    }
 }
