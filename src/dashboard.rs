@@ -26,8 +26,10 @@ pub const TOPIC: &str = "admin:dashboard";
 
 /// Samples kept for the charts (two minutes at the default interval).
 const SAMPLES: usize = 120;
-/// Rows per list (topics, clients, jobs of one status).
+/// Rows per list (topics, clients, jobs of one status, calls).
 const ROWS: usize = 20;
+/// Longest wait for one database query of a snapshot.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Counters sampled for the charts.
 #[derive(Debug, Clone, Copy, Default)]
@@ -261,7 +263,7 @@ async fn services(hub: &Hub) -> Value {
         });
     }
     if let Some(store) = &hub.store {
-        let up = tokio::time::timeout(Duration::from_secs(1), store.ping())
+        let up = tokio::time::timeout(QUERY_TIMEOUT, store.ping())
             .await
             .unwrap_or(false);
         out["database"] = json!({"kind": store.backend().name(), "up": up});
@@ -425,8 +427,13 @@ async fn jobs(hub: &Hub, nodes: &[Value]) -> Value {
         (JobStatus::Failed, "failed"),
         (JobStatus::Done, "done"),
     ] {
-        let rows = match store.jobs(Some(status), None, ROWS).await {
-            Ok(jobs) => jobs
+        let listed = tokio::time::timeout(QUERY_TIMEOUT, store.jobs(Some(status), None, ROWS));
+        let rows = match listed.await {
+            Err(_) => {
+                out["error"] = json!("the database did not answer in time");
+                Vec::new()
+            }
+            Ok(Ok(jobs)) => jobs
                 .iter()
                 .map(|j| {
                     let mut row = crate::http::api::job_json(j);
@@ -436,7 +443,7 @@ async fn jobs(hub: &Hub, nodes: &[Value]) -> Value {
                     with_progress(row)
                 })
                 .collect(),
-            Err(e) => {
+            Ok(Err(e)) => {
                 out["error"] = json!(e.to_string());
                 Vec::new()
             }
@@ -451,7 +458,7 @@ async fn calls(hub: &Hub, deltas: &mut Deltas, now: Instant) -> Value {
         return Value::Null;
     };
     let mut out = Vec::new();
-    for (id, members) in calls.overview().await {
+    for (id, members) in calls.overview(ROWS).await {
         let participants: Vec<Value> = members
             .iter()
             .map(|m| {

@@ -45,7 +45,8 @@ enum Command {
         /// Lifetime, e.g. `1h`, `30m`, `7d`.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
-        /// An operator's token: may join `admin:` topics (the dashboard channel).
+        /// An operator's token (`armoricore_admin: true`): may join `admin:` topics
+        /// (the dashboard channel).
         #[arg(long)]
         admin: bool,
     },

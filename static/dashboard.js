@@ -41,7 +41,9 @@ function toast(text, bad = false){
 }
 
 // ---- the socket ----
-const socket = new Socket("/socket", {params: () => ({token}), heartbeatIntervalMs: 15000})
+// The token goes as phoenix.js's authToken (a WebSocket subprotocol), never in a
+// URL that proxies and access logs keep; read again at every (re)connect.
+const socket = new Socket("/socket", {authToken: () => token, heartbeatIntervalMs: 15000})
 const live = $("#live")
 socket.onOpen(() => { live.textContent = "live"; live.className = "meta on" })
 socket.onClose(() => { live.textContent = "offline, reconnecting…"; live.className = "meta off" })
@@ -52,14 +54,21 @@ channel.join()
   .receive("error", e => toast(`join refused: ${e.reason}`, true))
 channel.on("snapshot", render)
 
-// The token expires (dashboard.token_ttl_s): fetch a new one well before, for
-// the next reconnect.
-setInterval(async () => {
+// The token expires (dashboard.token_ttl_s): fetch a new one halfway through its
+// life (at most every 10 minutes), for the next reconnect.
+function refreshIn(){
+  const exp = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp
+  const half = (exp * 1000 - Date.now()) / 2
+  return Math.min(Math.max(half, 5000), 10 * 60 * 1000)
+}
+async function refresh(){
   try {
     const r = await fetch("/dashboard/token", {credentials: "same-origin", cache: "no-store"})
     if(r.ok){ token = (await r.json()).token }
-  } catch { /* offline: try again next time */ }
-}, 10 * 60 * 1000)
+  } catch { /* offline: try again soon */ }
+  setTimeout(refresh, refreshIn())
+}
+setTimeout(refresh, refreshIn())
 
 function push(event, payload){
   return new Promise(resolve => {
@@ -107,6 +116,13 @@ function charts(series){
   }
 }
 
+function nodeState(n, s){
+  if(!n.alive){ return h("span", {class: "down"}, `silent ${num(n.last_seen_ms / 1000, 0)} s`) }
+  if(s.ready === false){ return h("span", {class: "down"}, "stopping") }
+  if(s.bus && !s.bus.up){ return h("span", {class: "down"}, `bus (${s.bus.kind}) down`) }
+  return state(true)
+}
+
 function nodes(list){
   fill("nodes", table(
     ["node", "state", {label: "conns", num: true}, {label: "msg in/s", num: true}, {label: "msg out/s", num: true}, "up"],
@@ -115,7 +131,7 @@ function nodes(list){
       const rates = s.rates || {}
       return h("tr", {"data-node": n.id},
         h("td", {class: "wrap"}, n.id, n.self ? h("span", {class: "badge"}, "this node") : null),
-        h("td", {}, n.alive ? state(s.ready !== false) : h("span", {class: "down"}, `silent ${num(n.last_seen_ms / 1000, 1)} s`)),
+        h("td", {}, nodeState(n, s)),
         h("td", {class: "num"}, num(s.connections)),
         h("td", {class: "num"}, num(rates.messages_in_per_s, 1)),
         h("td", {class: "num"}, num(rates.messages_out_per_s, 1)),

@@ -121,7 +121,10 @@ async fn the_page_and_its_token_need_the_password_or_the_api_key() {
     let (status, raw) = get_raw(&node, "/dashboard", Some(&basic(PASSWORD))).await;
     assert_eq!(status, 200);
     assert!(raw.contains("<title>Armoricore dashboard</title>"));
-    assert!(raw.to_lowercase().contains("cache-control: no-store"));
+    let lower = raw.to_lowercase();
+    assert!(lower.contains("cache-control: no-store"));
+    assert!(lower.contains("x-frame-options: deny"));
+    assert!(lower.contains("content-security-policy: default-src 'self'"));
     assert!(
         !raw.contains("{{ARMORICORE_TOKEN}}"),
         "the token is filled in"
@@ -131,6 +134,9 @@ async fn the_page_and_its_token_need_the_password_or_the_api_key() {
     assert_eq!(get_raw(&node, "/dashboard", Some(&basic(key))).await.0, 200);
     let apikey = format!("apikey {key}");
     assert_eq!(get_raw(&node, "/dashboard", Some(&apikey)).await.0, 200);
+    // The password is not an API key.
+    let wrong = format!("apikey {PASSWORD}");
+    assert_eq!(get_raw(&node, "/dashboard", Some(&wrong)).await.0, 401);
     // The script is public and has no secret in it; everything comes from the socket.
     let (status, js) = node.get("/assets/dashboard.js").await;
     assert_eq!(status, 200);
@@ -172,7 +178,7 @@ async fn only_admin_tokens_join_the_dashboard_channel() {
         .node()
         .hub()
         .verifier
-        .mint_dashboard(Duration::from_secs(60))
+        .mint_dashboard("ops", Duration::from_secs(60))
         .unwrap();
     let refused = PhxClient::connect(&node.ws_url(&format!("vsn=2.0.0&token={foreign}"))).await;
     assert!(refused.is_err(), "a forged dashboard token connected");
@@ -223,6 +229,14 @@ async fn snapshots_show_clients_topics_and_the_tree_and_actions_work() {
     assert_eq!(topic["subscribers"], 1);
     assert!(topic["broadcasts"].as_u64().unwrap() >= 1, "{topic}");
     assert_eq!(s["clients"]["connections"], 2, "alice and the operator");
+    assert!(
+        s["clients"]["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["user_id"] == "ops"),
+        "the operator is named after its Basic user name"
+    );
     assert_eq!(s["nodes"][0]["self"], true);
     assert_eq!(s["nodes"][0]["summary"]["connections"], 2);
     assert_eq!(s["services"]["bus"]["kind"], "memory");
@@ -256,6 +270,37 @@ async fn snapshots_show_clients_topics_and_the_tree_and_actions_work() {
         .map(|p| p["messages_in_per_s"].as_f64().unwrap())
         .sum::<f64>();
     assert!(sent > 0.0, "{}", s["series"]);
+    let joined = s["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["joins_per_s"].as_f64().unwrap())
+        .sum::<f64>();
+    assert!(joined > 0.0, "{}", s["series"]);
+
+    // A child that dies is restarted by the root, and the tree says so.
+    let presence = node
+        .node()
+        .child(armoricore::supervisors::root::Child::Presence)
+        .await
+        .unwrap();
+    presence.kill();
+    let restarted = |s: &Value| {
+        s["tree"]["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "presence" && c["restarts"] == 1)
+    };
+    let s = snapshot_where(&mut ops, "presence restarted once", restarted).await;
+    assert_eq!(s["tree"]["restarts"], 1, "the root's restarts");
+    let others_restarted = s["tree"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] != "presence")
+        .any(|c| c["restarts"] != 0);
+    assert!(!others_restarted, "{}", s["tree"]);
 
     // Presence of a chosen topic.
     let p = reply(&mut ops, &jr, "presence", json!({"topic": "chat:room:1"})).await;

@@ -171,10 +171,10 @@ impl JobHandler for MediaJobs {
         };
         let outlet = job.outlet.clone();
         let (media_id, user_id) = (request.media_id.clone(), request.user_id.clone());
-        let service = self.0.clone();
-        let watched = Watched::new(&service, &media_id);
+        let watched = Watched::new(&self.0, &media_id);
+        let shown = watched.sink();
         let progress: ProgressSink = Box::new(move |p: Progress| {
-            service.progress.insert(media_id.clone(), p.clone());
+            shown(&p);
             let mut payload = Map::new();
             payload.insert("media_id".into(), json!(media_id));
             payload.insert("user_id".into(), json!(user_id));
@@ -198,10 +198,13 @@ impl JobHandler for MediaJobs {
     }
 }
 
-/// Forgets a job's progress when its run ends, however it ends.
+/// A job's progress as the dashboard sees it, forgotten when its run ends however
+/// it ends: a sink that reports after that (the job actor not yet killed) is
+/// ignored.
 struct Watched {
     service: Arc<MediaService>,
     media_id: String,
+    ended: Arc<Mutex<bool>>,
 }
 
 impl Watched {
@@ -209,12 +212,30 @@ impl Watched {
         Watched {
             service: service.clone(),
             media_id: media_id.to_string(),
+            ended: Arc::default(),
+        }
+    }
+
+    /// What the progress sink calls with each report.
+    fn sink(&self) -> impl Fn(&Progress) + Send + 'static {
+        let (service, media_id, ended) = (
+            self.service.clone(),
+            self.media_id.clone(),
+            self.ended.clone(),
+        );
+        move |p| {
+            let ended = ended.lock();
+            if !*ended {
+                service.progress.insert(media_id.clone(), p.clone());
+            }
         }
     }
 }
 
 impl Drop for Watched {
     fn drop(&mut self) {
+        let mut ended = self.ended.lock();
+        *ended = true;
         self.service.progress.remove(&self.media_id);
     }
 }

@@ -459,23 +459,30 @@ impl Calls {
         }
     }
 
-    /// The calls running here and who is in them (for the dashboard).
-    pub async fn overview(&self) -> Vec<(Arc<str>, Vec<Member>)> {
-        let calls: Vec<(Arc<str>, ActorRef<CallMsg>)> = self
+    /// Up to `max` calls running here (ids in order) and who is in them, asked of
+    /// every call at once (for the dashboard).
+    pub async fn overview(&self, max: usize) -> Vec<(Arc<str>, Vec<Member>)> {
+        let mut calls: Vec<(Arc<str>, ActorRef<CallMsg>)> = self
             .registry
             .iter()
             .map(|r| (r.key().clone(), r.value().clone()))
             .collect();
-        let mut out = Vec::with_capacity(calls.len());
-        for (id, call) in calls {
-            if let Ok(CallResult::Success(members)) = call
+        calls.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        calls.truncate(max);
+        let rosters = calls.into_iter().map(|(id, call)| async move {
+            match call
                 .call(CallMsg::Roster, Some(Duration::from_millis(500)))
                 .await
             {
-                out.push((id, members));
+                Ok(CallResult::Success(members)) => Some((id, members)),
+                _ => None,
             }
-        }
-        out
+        });
+        futures_util::future::join_all(rosters)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Who is in call `id` (empty when no such call runs here).

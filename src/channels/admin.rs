@@ -5,10 +5,10 @@
 //! join                                   → {node, version, interval_ms}; then a
 //!                                          `snapshot` push every dashboard.interval_ms
 //! presence {topic}                       → {topic, presences}   (Presence.list)
-//! broadcast {topic, event, payload?}     → {subscribers}        (cluster-wide)
-//! disconnect {user_id}                   → {disconnected}       (this node's sockets)
+//! broadcast {topic, event, payload?}     → {topic, subscribers} (cluster-wide)
+//! disconnect {user_id}                   → {user_id, disconnected} (this node's sockets)
 //! cancel_job {job_id} | {media_id}       → {media_id}           (media.cancel on the bus)
-//! retry_job {job_id}                     → {job_id}             (the failed job's request,
+//! retry_job {job_id}                     → {job_id, retry_of}   (the failed job's request,
 //!                                                                published again)
 //! ```
 //!

@@ -139,7 +139,7 @@ pub enum Access {
     /// Only the user named by the topic's suffix (`user:{id}`), and the `channels`
     /// claim must also allow it when present.
     OwnUser,
-    /// Only operators: tokens with the `admin` claim (the dashboard's own tokens).
+    /// Only operators: tokens with `armoricore_admin: true` (the dashboard's own tokens).
     Admin,
 }
 

@@ -739,7 +739,8 @@ impl Cluster {
         loop {
             every.tick().await;
             let seq = self.presence_seq.load(std::sync::atomic::Ordering::SeqCst);
-            let summary = self.summary.lock().clone().map_or(Value::Null, |f| f());
+            let summary = self.summary.lock().clone();
+            let summary = summary.map_or(Value::Null, |f| f());
             let beat = serde_json::json!({
                 "n": self.node_id, "e": "heartbeat", "p": {"seq": seq, "s": summary}
             });

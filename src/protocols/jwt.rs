@@ -10,7 +10,9 @@
 //! exp, nbf        checked with a small leeway
 //! channels        optional list of topic patterns the token may join, `*` wildcard
 //! name, meta      optional, copied into presence metas
-//! admin           optional boolean: may join `admin:` topics (the dashboard)
+//! armoricore_admin  optional, `true`: an operator, may join `admin:` topics (the
+//!                  dashboard); any other value is ignored (a generic `admin` claim
+//!                  is an application's, and gives nothing here)
 //! ```
 //!
 //! Besides the configured key, a verifier may hold the dashboard key: HS256 tokens
@@ -127,8 +129,9 @@ struct RawClaims {
     name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     meta: Option<Value>,
+    /// Only JSON `true` counts; any other value is no admin, not a bad token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    admin: Option<bool>,
+    armoricore_admin: Option<Value>,
 }
 
 impl RawClaims {
@@ -144,7 +147,7 @@ impl RawClaims {
             channels: self.channels,
             name: self.name,
             meta: self.meta,
-            admin: self.admin.unwrap_or(false),
+            admin: self.armoricore_admin == Some(Value::Bool(true)),
         })
     }
 }
@@ -259,22 +262,23 @@ impl Verifier {
         decode(token, &self.key, &self.validation)?.into_claims()
     }
 
-    /// Mint a dashboard token: an `admin` user named `dashboard`, valid for `ttl`.
-    pub fn mint_dashboard(&self, ttl: Duration) -> Result<String, KeyError> {
+    /// Mint a dashboard token for `operator` (its `sub`, what the node's logs name
+    /// for its actions): an admin, for `admin:` topics only, valid for `ttl`.
+    pub fn mint_dashboard(&self, operator: &str, ttl: Duration) -> Result<String, KeyError> {
         let key = self
             .dashboard
             .as_ref()
             .ok_or(KeyError::CannotSign(Algorithm::HS256))?;
         let now = unix_now();
         let raw = RawClaims {
-            sub: Some(Id::Str("dashboard".into())),
+            sub: Some(Id::Str(operator.into())),
             user_id: None,
             exp: Some(now + ttl.as_secs().max(1)),
             iat: Some(now),
             channels: Some(vec!["admin:*".into()]),
             name: Some("dashboard".into()),
             meta: None,
-            admin: Some(true),
+            armoricore_admin: Some(Value::Bool(true)),
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(DASHBOARD_KID.into());
@@ -296,7 +300,7 @@ impl Verifier {
             channels: claims.channels.clone(),
             name: claims.name.clone(),
             meta: claims.meta.clone(),
-            admin: claims.admin.then_some(true),
+            armoricore_admin: claims.admin.then_some(Value::Bool(true)),
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -425,11 +429,11 @@ mod tests {
     fn dashboard_tokens() {
         let app = Verifier::hs256(b"app-secret", Duration::ZERO, true);
         let v = app.clone().with_dashboard_key(b"dashboard-key");
-        let t = v.mint_dashboard(Duration::from_secs(60)).unwrap();
+        let t = v.mint_dashboard("ops", Duration::from_secs(60)).unwrap();
         let header = jsonwebtoken::decode_header(&t).unwrap();
         assert_eq!(header.kid.as_deref(), Some(DASHBOARD_KID));
         let c = v.verify(&t).unwrap();
-        assert_eq!(c.user_id, "dashboard");
+        assert_eq!(c.user_id, "ops");
         assert!(c.admin);
         assert_eq!(c.channels, Some(vec!["admin:*".to_string()]));
         // Not without the dashboard key, nor with another one.
@@ -447,7 +451,7 @@ mod tests {
             channels: None,
             name: None,
             meta: None,
-            admin: Some(true),
+            armoricore_admin: Some(Value::Bool(true)),
         };
         let forged =
             jsonwebtoken::encode(&header, &raw, &EncodingKey::from_secret(b"app-secret")).unwrap();
@@ -463,11 +467,46 @@ mod tests {
         };
         let admin = v.mint(&ops, Some(Duration::from_secs(60))).unwrap();
         assert!(v.verify(&admin).unwrap().admin);
+        // Only `armoricore_admin: true` makes an operator; a generic `admin` claim
+        // or another value is ignored, and the token still works.
+        let sign = |claims: Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"app-secret"),
+            )
+            .unwrap()
+        };
+        let exp = unix_now() + 60;
+        for (claims, admin) in [
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "admin": true}),
+                false,
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "armoricore_admin": "true"}),
+                false,
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "armoricore_admin": 1}),
+                false,
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "armoricore_admin": true}),
+                true,
+            ),
+        ] {
+            assert_eq!(
+                v.verify(&sign(claims.clone())).unwrap().admin,
+                admin,
+                "{claims}"
+            );
+        }
         // Expired dashboard tokens are refused like any other.
         let raw = RawClaims {
             sub: Some(Id::Str("dashboard".into())),
             exp: Some(unix_now() - 10),
-            admin: Some(true),
+            armoricore_admin: Some(Value::Bool(true)),
             ..raw
         };
         let mut header = Header::new(Algorithm::HS256);

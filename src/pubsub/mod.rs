@@ -297,8 +297,14 @@ impl PubSub {
                 (name, t.subscribers.len(), t.broadcasts)
             })
             .collect();
-        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| b.2.cmp(&a.2)));
-        all.truncate(n);
+        let order = |a: &(Arc<str>, usize, u64), b: &(Arc<str>, usize, u64)| {
+            b.1.cmp(&a.1).then_with(|| b.2.cmp(&a.2))
+        };
+        if n < all.len() {
+            all.select_nth_unstable_by(n, order);
+            all.truncate(n);
+        }
+        all.sort_unstable_by(order);
         all
     }
 }

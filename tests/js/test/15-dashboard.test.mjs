@@ -51,7 +51,6 @@ test("the dashboard refuses requests without the password", async () => {
   const wrong = await fetch(`${server.httpUrl}/dashboard`, {headers: {authorization: `Basic ${btoa("ops:nope")}`}})
   assert.equal(wrong.status, 401)
   assert.equal((await fetch(`${server.httpUrl}/dashboard/token`)).status, 401)
-  // The API key is no token for the page's socket: only the minted token joins.
   const ok = await fetch(`${server.httpUrl}/dashboard/token`, {headers: {authorization: `Basic ${btoa(`ops:${PASSWORD}`)}`}})
   assert.equal(ok.status, 200)
   assert.equal(ok.headers.get("cache-control"), "no-store")
@@ -68,10 +67,12 @@ test("live page: a client appears, a transcode's progress moves, cancel ends it"
   page.on("console", m => logs.push(`console: ${m.text()}`))
   page.on("pageerror", e => logs.push(`page error: ${e.message}`))
   page.on("request", r => requests.push(r.url()))
+  page.on("websocket", ws => requests.push(ws.url()))
   const failing = what => () => `${what}\n${logs.join("\n")}\n${server.output().slice(-3000)}`
 
   const response = await page.goto(`${server.httpUrl}/dashboard`)
   assert.equal(response.status(), 200)
+  assert.match(response.headers()["content-security-policy"], /default-src 'self'.*frame-ancestors 'none'/)
   await waitFor(async () => (await page.textContent("#live")) === "live", 10_000, failing("the page's socket live"))
   await waitFor(() => page.evaluate(() => window.dashboard.snapshots > 0), 10_000, failing("a first snapshot"))
 
@@ -80,6 +81,17 @@ test("live page: a client appears, a transcode's progress moves, cancel ends it"
   await join(visitor.channel("chat:room:lobby"))
   await page.locator('#clients tr[data-user="e2e-visitor"]').waitFor({timeout: 5_000})
   await page.locator('#topics tr[data-topic="chat:room:lobby"]').waitFor({timeout: 5_000})
+
+  // Names come from clients: they are shown as text, never run as markup.
+  const evil = `<img src=x onerror="window.pwned=1">`
+  const intruder = openSocket(t, server, {token: server.token({sub: evil})})
+  await join(intruder.channel(`chat:room:<b>${evil}</b>`))
+  const row = page.locator("#clients tr", {hasText: "<img src=x"})
+  await row.waitFor({timeout: 5_000})
+  assert.equal(await row.locator("td").first().textContent(), evil)
+  await page.locator("#topics tr", {hasText: "chat:room:<b>"}).waitFor({timeout: 5_000})
+  assert.equal(await page.locator("main img, main b:has-text('<img')").count(), 0, "no markup from names")
+  assert.equal(await page.evaluate(() => window.pwned), undefined)
 
   // A transcode: its progress bar moves.
   const upload = await fetch(`${server.httpUrl}/api/events`, {
