@@ -301,21 +301,31 @@ fn sum(counter: &prometheus::IntCounterVec) -> u64 {
 
 /// The users connected here, most connections first.
 fn clients(hub: &Hub) -> Value {
-    let mut users: HashMap<Arc<str>, (usize, Vec<&'static str>)> = HashMap::new();
+    /// Connections, and the (at most two) transports they use.
+    type Seen = (usize, &'static str, Option<&'static str>);
+    let mut users: HashMap<Arc<str>, Seen> = HashMap::with_capacity(hub.sessions.len());
     for entry in hub.sessions.iter() {
-        let (count, transports) = users.entry(entry.user_id.clone()).or_default();
-        *count += 1;
-        if !transports.contains(&entry.transport) {
-            transports.push(entry.transport);
+        let seen = users
+            .entry(entry.user_id.clone())
+            .or_insert((0, entry.transport, None));
+        seen.0 += 1;
+        if seen.1 != entry.transport {
+            seen.2 = Some(entry.transport);
         }
     }
     let total = users.len();
-    let mut users: Vec<_> = users.into_iter().collect();
-    users.sort_unstable_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
+    let mut users: Vec<(Arc<str>, Seen)> = users.into_iter().collect();
+    let order =
+        |a: &(Arc<str>, Seen), b: &(Arc<str>, Seen)| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0));
+    if users.len() > ROWS {
+        users.select_nth_unstable_by(ROWS, order);
+        users.truncate(ROWS);
+    }
+    users.sort_unstable_by(order);
     let rows: Vec<Value> = users
         .into_iter()
-        .take(ROWS)
-        .map(|(user, (connections, transports))| {
+        .map(|(user, (connections, first, second))| {
+            let transports: Vec<&str> = std::iter::once(first).chain(second).collect();
             json!({"user_id": user, "connections": connections, "transports": transports})
         })
         .collect();

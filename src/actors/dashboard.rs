@@ -73,6 +73,9 @@ impl Actor for Dashboard {
             let snapshot = snapshot(hub, &children, &mut state.deltas).await;
             hub.pubsub
                 .broadcast_local(TOPIC, "snapshot", &snapshot, None);
+        } else {
+            // Rates over a watcher's absence would be averages over it: start afresh.
+            state.deltas = Deltas::default();
         }
         myself.send_after(hub.config.dashboard_interval(), || DashboardMsg::Tick);
         Ok(())
