@@ -46,6 +46,7 @@ static MINTED: LazyLock<(String, Claims)> = LazyLock::new(|| {
         channels: Some(vec!["chat:room:*".into(), "user:alice".into()]),
         name: Some("Alice".into()),
         meta: Some(serde_json::json!({"role": "admin"})),
+        admin: false,
     };
     let token = VERIFIER
         .mint(&claims, Some(Duration::from_secs(86_400)))
